@@ -1,0 +1,1 @@
+"""Training (installed as ``lenet_export.training``): the loop, plots and the speed benchmark."""
