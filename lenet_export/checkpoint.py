@@ -33,7 +33,7 @@ def versions() -> dict:
 
     from . import __version__
 
-    return {"lenet_export": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+    return {"lenet_export": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
 
 
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> Path:

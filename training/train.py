@@ -340,8 +340,8 @@ class Trainer:
             seen += len(y)
             if task is not None and (b % 20 == 0 or b == steps - 1):
                 task(b + 1, loss_sum.item() / seen, correct.item() / seen)
-        train_s = time.perf_counter() - t0
         val_loss, val_acc, _ = evaluate(model, xva, yva)
+        train_s = time.perf_counter() - t0  # the epoch's wall time, validation included
         return EpochResult(epoch, loss_sum.item() / seen, correct.item() / seen, val_loss, val_acc,
                            opt.param_groups[0]["lr"], round(train_s, 3), False)
 

@@ -1,0 +1,137 @@
+"""The ``lenet-export`` command: one typer function per verb, each delegating to library code.
+
+Library errors (``LenetExportError``) become a one-line ``error: ...`` on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import LenetExportError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Train LeNet-family networks, export them to TorchScript/ONNX and verify parity.")
+
+
+def _quiet_libraries() -> None:
+    # torch 2.15 announces TorchScript's deprecation and the exporters chatter; none of it is actionable
+    # for a user of this tool. Our own messages go through rich, not warnings.
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def cli_errors(fn):
+    """Turn library errors into one line and an exit code; never a traceback for bad input."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .ui import fail
+
+        _quiet_libraries()
+        try:
+            return fn(*args, **kwargs)
+        except LenetExportError as e:
+            fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except MemoryError:
+            fail("out of memory", 1)
+    return wrapper
+
+
+DataDir = Annotated[Optional[Path], typer.Option(help="Folder with the data set (see README, 'Data'); "
+                                                      "default: $LENET_EXPORT_DATA or ./data, then system copies.")]
+
+
+@app.command()
+@cli_errors
+def data(
+    dataset: Annotated[str, typer.Option(help="fashion-mnist or cifar10.")] = "fashion-mnist",
+    data_dir: DataDir = None,
+    download: Annotated[bool, typer.Option(help="Download with torchvision (md5-checked) if not found.")] = False,
+):
+    """Find (or download) a data set, check it, and print what was found."""
+    from .data import channel_stats, load_split
+    from .ui import log
+
+    for train in (True, False):
+        split = load_split(dataset, train=train, data_dir=data_dir, download=download)
+        mean, std = channel_stats(split.images)
+        log(f"{dataset} {'train' if train else 'test'}: {len(split)} images {tuple(split.images.shape[1:])} "
+            f"from {split.source}; mean {mean} std {std}")
+
+
+@app.command()
+@cli_errors
+def train(
+    dataset: Annotated[str, typer.Option(help="fashion-mnist or cifar10.")] = "fashion-mnist",
+    model: Annotated[Optional[str], typer.Option(help="Model variant (see `lenet-export models`); default: "
+                                                      "lenet-modern / lenet-modern-cifar.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs; default: the model's recipe.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size; default: the model's recipe.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate; default: the model's recipe.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="adam, adamw or sgd; default: the model's recipe.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for weights, split, shuffling and augmentation.")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Share of the training set held out for validation.")] = 0.1,
+    data_dir: DataDir = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="Run folder; default: runs/<dataset>.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pth.")] = False,
+    force: Annotated[bool, typer.Option(help="Start over in an --out that holds another run (deletes it).")] = False,
+    time_budget: Annotated[Optional[float], typer.Option(help="Stop after the epoch that passes this many "
+                                                              "seconds of training.")] = None,
+):
+    """Train a LeNet variant and keep the best-validation checkpoint (best.pth) in --out."""
+    from .training.train import TrainConfig, train as run_training
+    from .ui import epoch_progress, log
+
+    cfg = TrainConfig(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
+                      optimizer=optimizer, seed=seed, val_fraction=val_fraction,
+                      data_dir=str(data_dir) if data_dir else None, device=device,
+                      out=str(out or Path("runs") / dataset), resume=resume, force=force, time_budget=time_budget)
+    with epoch_progress() as progress:
+        run_training(cfg, progress=progress, log=log)
+
+
+@app.command()
+@cli_errors
+def onnx(
+    checkpoint: Annotated[Path, typer.Option(help="best.pth written by `lenet-export train`.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder; default: exported/<dataset>-<model>.")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (dynamo: 18 and up; torchscript: 9..20).")] = 18,
+    exporter: Annotated[str, typer.Option(help="dynamo (torch.export based) or torchscript (legacy).")] = "dynamo",
+    torchscript: Annotated[bool, typer.Option("--torchscript/--no-torchscript",
+                                              help="Also write model.pt (TorchScript).")] = True,
+    force: Annotated[bool, typer.Option(help="Replace an existing output folder (only once the new export "
+                                             "has passed its checks).")] = False,
+    data_dir: DataDir = None,
+):
+    """Export a checkpoint to ONNX (+ raw-uint8 variant, golden data) and TorchScript, checked against eager."""
+    from .export import ExportOptions, export
+    from .ui import log
+
+    res = export(checkpoint, ExportOptions(out=out, opset=opset, exporter=exporter, torchscript=torchscript,
+                                           force=force, data_dir=str(data_dir) if data_dir else None), log=log)
+    how = f" (TorchScript {res.torchscript_method})" if res.torchscript_method else ""
+    log(f"wrote {res.out}{how}: {', '.join(f for f in res.files if '/' not in f)}")
+
+
+@app.command()
+@cli_errors
+def models():
+    """List the model variants with their parameter counts."""
+    from .models import VARIANTS, build_model, count_parameters
+    from .ui import log
+
+    for v in VARIANTS.values():
+        log(f"{v.name:<20} {v.dataset:<14} {count_parameters(build_model(v.args)):>9,} params  {v.description}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,277 @@
+"""Checkpoint -> deployable artefacts: ONNX (normalised and raw-uint8 input), TorchScript, golden data.
+
+Everything is written into a temporary sibling folder, checked against eager PyTorch on real test
+images, and only then renamed into place, so a failed export never destroys a good one.
+
+Artefacts in the output folder:
+
+* ``model.onnx``       float32 NCHW ``input`` (dynamic batch) -> ``logits``
+* ``model.raw.onnx``   uint8 ``images`` as decoders give them (N x H x W grey, N x H x W x C colour),
+                       normalisation in the graph -> ``logits``, ``probabilities``
+* ``model.pt``         TorchScript (scripted, or traced when scripting fails; recorded in the metadata)
+* ``test_data_set_0/`` golden ``input_0.pb`` / ``output_0.pb`` for ``model.onnx`` (ONNX test-data layout)
+* ``raw_test_data_set_0/`` golden ``input_0.pb`` / ``output_0.pb`` / ``output_1.pb`` for ``model.raw.onnx``
+* ``metadata.json``    the metadata also stored in the ONNX ``metadata_props`` and TorchScript extra files
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .data import load_split, normalize
+from .errors import ConfigError, ExportError
+from .fsutil import sha256_file, staged_dir
+
+EXPORTERS = ("dynamo", "torchscript")
+DEFAULT_OPSET = 18
+# Export-time check: float32 logits of the same graph in two runtimes differ only by summation order,
+# ~1e-6 relative for these layer sizes; 1e-4 absolute leaves a wide margin while any real defect
+# (a wrong weight, layout or normalisation) moves logits by orders of magnitude more.
+EXPORT_ATOL = 1e-4
+CHECK_IMAGES = 256  # real test images used for the export-time check
+GOLDEN_PER_CLASS = 1  # golden test data: the first test image of each class
+METADATA_FILE = "metadata.json"
+
+
+def opset_range(exporter: str) -> tuple[int, int]:
+    """Opsets each exporter produces reliably: dynamo starts at 18, the TorchScript exporter stops at 20."""
+    import onnx
+
+    return (18, onnx.defs.onnx_opset_version()) if exporter == "dynamo" else (9, 20)
+
+
+@dataclass
+class ExportOptions:
+    out: Path | None = None  # default: exported/<dataset>-<model>
+    opset: int = DEFAULT_OPSET
+    exporter: str = "dynamo"
+    torchscript: bool = True
+    force: bool = False
+    data_dir: str | None = None
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    files: list[str]
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    torchscript_method: str | None = None
+
+
+class RawInputModel(nn.Module):
+    """uint8 images as decoded (N x H x W or N x H x W x C) -> (logits, probabilities); normalisation inside."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model
+        self.channels = len(mean)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images.to(torch.float32)
+        x = x.unsqueeze(1) if self.channels == 1 else x.permute(0, 3, 1, 2)
+        # Same operations, in the same order, as lenet_export.data.normalize.
+        x = (x / 255.0 - self.mean) / self.std
+        logits = self.model(x)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def raw_layout(ckpt: dict) -> tuple[str, list]:
+    c, h, w = ckpt["input_shape"]
+    return ("NHW", ["N", h, w]) if c == 1 else ("NHWC", ["N", h, w, c])
+
+
+def build_metadata(ckpt: dict, checkpoint_sha256: str, opts: ExportOptions) -> dict:
+    import onnx
+
+    c, h, w = ckpt["input_shape"]
+    raw_name, raw_shape = raw_layout(ckpt)
+    return {
+        "lenet_export_version": __version__,
+        "model_name": ckpt["model"],
+        "model_args": ckpt["model_args"],
+        "dataset": ckpt["dataset"],
+        "data_source": ckpt.get("data_source", ""),
+        "classes": ckpt["classes"],
+        "input_name": "input",
+        "input_layout": "NCHW",
+        "input_shape": ["N", c, h, w],
+        "input_dtype": "float32",
+        "raw_input_name": "images",
+        "raw_input_layout": raw_name,
+        "raw_input_shape": raw_shape,
+        "raw_input_dtype": "uint8",
+        "normalization": "x = (pixel / 255 - mean) / std, per channel",
+        "mean": ckpt["mean"],
+        "std": ckpt["std"],
+        "checkpoint_sha256": checkpoint_sha256,
+        "best_epoch": ckpt["epoch"],
+        "val_accuracy": ckpt["val_acc"],
+        "test_accuracy": ckpt.get("test_acc"),
+        "producer_torch": str(torch.__version__),
+        "producer_onnx": onnx.__version__,
+        "exporter": opts.exporter,
+        "opset": opts.opset,
+    }
+
+
+def metadata_props(meta: dict) -> dict[str, str]:
+    """ONNX metadata_props values are strings: scalars as text, lists and dicts as JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+
+
+def _to_onnx(module: nn.Module, sample: torch.Tensor, path: Path, input_name: str, output_names: list[str],
+             opts: ExportOptions, meta: dict) -> None:
+    import onnx
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if opts.exporter == "dynamo":
+                # A sample batch of 2 and an explicit Dim keep the batch axis symbolic (a batch of 1 would be
+                # specialised away by torch.export).
+                program = torch.onnx.export(module, (sample,), None, dynamo=True, opset_version=opts.opset,
+                                            input_names=[input_name], output_names=output_names,
+                                            dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+                proto = program.model_proto
+            else:
+                buf = io.BytesIO()
+                axes = {name: {0: "batch"} for name in [input_name, *output_names]}
+                torch.onnx.export(module, (sample,), buf, dynamo=False, opset_version=opts.opset,
+                                  input_names=[input_name], output_names=output_names, dynamic_axes=axes)
+                proto = onnx.load_from_string(buf.getvalue())
+    except Exception as e:  # exporter internals raise many types; report the first line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"{opts.exporter} export failed: {first}") from None
+    proto.doc_string = f"lenet-export {meta['model_name']} trained on {meta['dataset']}"
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, metadata_props(meta))
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"{path.name} fails the ONNX checker: {str(e).splitlines()[0]}") from None
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+
+
+def _to_torchscript(model: nn.Module, sample: torch.Tensor, path: Path, meta: dict) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.15 marks TorchScript deprecated; the artefact is still required
+        try:
+            scripted, method = torch.jit.script(model), "scripted"
+        except Exception:  # scripting rejects some Python constructs; tracing is exact for these static graphs
+            scripted, method = torch.jit.trace(model, sample), "traced"
+        extra = {METADATA_FILE: json.dumps({**meta, "torchscript_method": method})}
+        torch.jit.save(scripted, str(path), _extra_files=extra)
+    return method
+
+
+def _write_golden(folder: Path, inputs: list[tuple[str, np.ndarray]], outputs: list[tuple[str, np.ndarray]]) -> None:
+    from onnx import numpy_helper
+
+    folder.mkdir()
+    for i, (name, arr) in enumerate(inputs):
+        (folder / f"input_{i}.pb").write_bytes(numpy_helper.from_array(arr, name).SerializeToString())
+    for i, (name, arr) in enumerate(outputs):
+        (folder / f"output_{i}.pb").write_bytes(numpy_helper.from_array(arr, name).SerializeToString())
+
+
+def golden_indices(labels: torch.Tensor, per_class: int = GOLDEN_PER_CLASS) -> torch.Tensor:
+    return torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(int(labels.max()) + 1)])
+
+
+def ort_session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def check_artefacts(folder: Path, model: nn.Module, raw: nn.Module, images: torch.Tensor, ckpt: dict,
+                    with_torchscript: bool) -> dict[str, float]:
+    """Max |logit difference| of each fresh artefact against eager PyTorch on real images."""
+    x = normalize(images, ckpt["mean"], ckpt["std"])
+    raw_in = images[:, 0] if images.shape[1] == 1 else images.permute(0, 2, 3, 1).contiguous()
+    with torch.inference_mode():
+        ref = model(x).numpy()
+    diffs = {
+        "onnx": float(np.abs(ort_session(folder / "model.onnx").run(["logits"], {"input": x.numpy()})[0] - ref).max()),
+        "onnx-raw": float(np.abs(ort_session(folder / "model.raw.onnx").run(["logits"], {"images": raw_in.numpy()})[0]
+                                 - ref).max()),
+    }
+    if with_torchscript:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ts = torch.jit.load(str(folder / "model.pt"))
+            with torch.inference_mode():
+                diffs["torchscript"] = float(np.abs(ts(x).numpy() - ref).max())
+    return diffs
+
+
+def export(checkpoint: str | Path, opts: ExportOptions, log=print) -> ExportResult:
+    """Export ``checkpoint`` per ``opts``; raise ``ExportError`` if an artefact disagrees with eager PyTorch."""
+    if opts.exporter not in EXPORTERS:
+        raise ConfigError(f"unknown exporter {opts.exporter!r}; choose one of: {', '.join(EXPORTERS)}")
+    lo, hi = opset_range(opts.exporter)
+    if not lo <= opts.opset <= hi:
+        raise ConfigError(f"opset {opts.opset} is not supported by the {opts.exporter} exporter; use {lo}..{hi}")
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt)
+    out = Path(opts.out) if opts.out else Path("exported") / f"{ckpt['dataset']}-{ckpt['model']}"
+    if out.exists() and not opts.force:
+        raise ConfigError(f"{out} already exists; pass --force to replace it (it is kept if the new export fails)")
+    meta = build_metadata(ckpt, sha256_file(checkpoint), opts)
+
+    test = load_split(ckpt["dataset"], train=False, data_dir=opts.data_dir)
+    if list(test.images.shape[1:]) != list(ckpt["input_shape"]):
+        raise ConfigError(f"test images are {tuple(test.images.shape[1:])}, the model expects {tuple(ckpt['input_shape'])}")
+    images = test.images[:CHECK_IMAGES]
+    raw = RawInputModel(model, ckpt["mean"], ckpt["std"]).eval()
+    c, h, w = ckpt["input_shape"]
+    sample = torch.zeros(2, c, h, w)
+    raw_sample = torch.zeros((2, h, w) if c == 1 else (2, h, w, c), dtype=torch.uint8)
+
+    result = ExportResult(out=out, files=[])
+    with staged_dir(out, replace=opts.force) as tmp:
+        _to_onnx(model, sample, tmp / "model.onnx", "input", ["logits"], opts, meta)
+        _to_onnx(raw, raw_sample, tmp / "model.raw.onnx", "images", ["logits", "probabilities"], opts,
+                 {**meta, "input_name": "images", "input_layout": meta["raw_input_layout"],
+                  "input_shape": meta["raw_input_shape"], "input_dtype": "uint8"})
+        if opts.torchscript:
+            result.torchscript_method = _to_torchscript(model, sample, tmp / "model.pt", meta)
+
+        gi = golden_indices(test.labels)
+        gx = normalize(test.images[gi], ckpt["mean"], ckpt["std"])
+        graw = test.images[gi][:, 0] if c == 1 else test.images[gi].permute(0, 2, 3, 1).contiguous()
+        with torch.inference_mode():
+            glogits = model(gx)
+            rlogits, rprobs = raw(graw)
+        _write_golden(tmp / "test_data_set_0", [("input", gx.numpy())], [("logits", glogits.numpy())])
+        _write_golden(tmp / "raw_test_data_set_0", [("images", graw.numpy())],
+                      [("logits", rlogits.numpy()), ("probabilities", rprobs.numpy())])
+        (tmp / METADATA_FILE).write_text(json.dumps({**meta, "torchscript_method": result.torchscript_method,
+                                                     "golden_test_indices": gi.tolist()}, indent=2) + "\n")
+
+        result.max_abs_diff = check_artefacts(tmp, model, raw, images, ckpt, opts.torchscript)
+        for name, d in result.max_abs_diff.items():
+            log(f"check {name:<12} max |logit diff| vs eager on {len(images)} test images: {d:.3e} "
+                f"(tolerance {EXPORT_ATOL:g})")
+        bad = {k: d for k, d in result.max_abs_diff.items() if not d <= EXPORT_ATOL}
+        if bad:
+            raise ExportError("exported model disagrees with the checkpoint: "
+                              + ", ".join(f"{k} max |diff| {d:.3e} > {EXPORT_ATOL:g}" for k, d in bad.items())
+                              + f"; nothing written to {out}")
+        result.files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    return result
