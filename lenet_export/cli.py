@@ -124,6 +124,72 @@ def onnx(
 
 @app.command()
 @cli_errors
+def verify(
+    exported: Annotated[Path, typer.Option(help="Export folder written by `lenet-export onnx`.")] = Path(
+        "exported/fashion-mnist-lenet-modern"),
+    checkpoint: Annotated[Optional[Path], typer.Option(help="The checkpoint it was exported from; "
+                                                            "default: <exported>/best.pth.")] = None,
+    data_dir: DataDir = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Test set to use; default: the checkpoint's.")] = None,
+    backends: Annotated[str, typer.Option(help="Comma-separated: torch-cpu, torchscript-cpu, ort-cpu, ort-cuda, "
+                                               "torch-cuda, torchscript-cuda.")] = "all",
+    atol: Annotated[float, typer.Option(help="Absolute logit tolerance.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Relative logit tolerance.")] = 1e-4,
+    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
+    require_cuda: Annotated[bool, typer.Option(help="Fail when a CUDA backend cannot run.")] = False,
+):
+    """Check that every runtime gives the checkpoint's logits and accuracy on the whole test set."""
+    from .verify import BACKENDS, Tolerance, VerifyOptions, verify as run_verify
+    from .ui import console, fail, verify_table
+
+    names = BACKENDS if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
+    rep = run_verify(VerifyOptions(exported=exported, checkpoint=checkpoint, data_dir=str(data_dir) if data_dir else None,
+                                   dataset=dataset, backends=names, tolerance=Tolerance(atol, rtol),
+                                   require_cuda=require_cuda, report=report), log=lambda _: None)
+    console.print(verify_table(rep))
+    for name, e in rep["backends"].items():
+        for f in e.get("failures", []):
+            console.print(f"[bold red]FAIL[/] {name}: {f}")
+        if e["status"] == "skipped":
+            console.print(f"[yellow]skipped[/] {name}: {e['reason']}")
+    if not rep["passed"]:
+        failed = [n for n, e in rep["backends"].items() if e["status"] == "failed"]
+        fail(f"parity failed for {', '.join(failed)}", 1)
+    console.print(f"[green]parity passed[/]" + (f"; report: {report}" if report else ""))
+
+
+@app.command()
+@cli_errors
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files.")],
+    model: Annotated[Path, typer.Option(help="An exported model.onnx or model.raw.onnx.")] = Path(
+        "exported/fashion-mnist-lenet-modern/model.onnx"),
+    resize: Annotated[bool, typer.Option(help="Scale images whose size differs from the model's input "
+                                              "(default: reject them).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+):
+    """Classify image files with an exported ONNX model (torch-free)."""
+    import json
+
+    import numpy as np
+
+    from .runtime import Classifier, load_image
+    from .ui import console
+
+    clf = Classifier(model)
+    batch = np.stack([load_image(p, clf.channels, (clf.height, clf.width), resize) for p in images])
+    pred = clf.classify(batch)
+    rows = [{"file": str(p), "label": int(pred.labels[i]), "class": pred.class_names[i],
+             "probability": round(float(pred.probabilities[i, pred.labels[i]]), 6)} for i, p in enumerate(images)]
+    if json_out:
+        print(json.dumps({"model": str(model), "provider": pred.provider, "predictions": rows}, indent=2))
+    else:
+        for r in rows:
+            console.print(f"{r['file']}\t{r['class']}\t{r['probability']:.4f}")
+
+
+@app.command()
+@cli_errors
 def models():
     """List the model variants with their parameter counts."""
     from .models import VARIANTS, build_model, count_parameters

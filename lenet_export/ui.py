@@ -9,7 +9,8 @@ from typing import Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(highlight=False)
+# Without a terminal rich assumes 80 columns; reports and logs read better wider.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 130)
 err_console = Console(stderr=True, highlight=False)
 
 
@@ -38,3 +39,30 @@ def log(msg: str) -> None:
 def fail(msg: str, code: int = 2) -> None:
     err_console.print(f"error: {msg}", soft_wrap=True)
     sys.exit(code)
+
+
+def verify_table(report: dict):
+    """The parity report as a rich table."""
+    from rich.table import Table
+
+    t = Table(title=f"parity: {report['model']} on {report['dataset']} ({report['samples']} test images, "
+                    f"{report['data_source']}); tolerance atol {report['tolerance']['atol']:g} "
+                    f"rtol {report['tolerance']['rtol']:g}", title_justify="left")
+    for col in ("backend", "status", "accuracy", "max|Δ|", "mean|Δ|", "p99|Δ|", "max rel", "argmax agree",
+                "batch-inv max|Δ|", "b1 ms", "img/s", "ran on"):
+        t.add_column(col, no_wrap=col != "ran on", overflow="fold")
+    style = {"passed": "green", "failed": "bold red", "skipped": "yellow"}
+    for name, e in report["backends"].items():
+        st = f"[{style[e['status']]}]{e['status']}[/]"
+        if "logits" not in e:
+            t.add_row(name, st, *[""] * 9, "-")
+            continue
+        lg, rt = e["logits"], e["runtime"]
+        ran = ", ".join(rt.get("providers", [])) or rt.get("device", "")
+        if "tf32" in rt:
+            ran += f" (tf32 {'on' if rt['tf32'] else 'off'})"
+        t.add_row(name, st, f"{e['accuracy']:.4f}", f"{lg['max_abs']:.1e}", f"{lg['mean_abs']:.1e}",
+                  f"{lg['p99_abs']:.1e}", f"{lg['max_rel']:.1e}", f"{e['argmax_agree']}/{report['samples']}",
+                  f"{e['batch_invariance']['max_abs_diff']:.1e}", f"{e['latency_ms_batch1']['median']:.3f}",
+                  f"{e['throughput_img_s']:,.0f}", ran)
+    return t
