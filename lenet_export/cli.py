@@ -70,15 +70,17 @@ def data(
 @app.command()
 @cli_errors
 def train(
-    dataset: Annotated[str, typer.Option(help="fashion-mnist or cifar10.")] = "fashion-mnist",
+    dataset: Annotated[Optional[str], typer.Option(help="fashion-mnist or cifar10  [default: fashion-mnist]")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model variant (see `lenet-export models`); default: "
                                                       "lenet-modern / lenet-modern-cifar.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs; default: the model's recipe.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size; default: the model's recipe.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate; default: the model's recipe.")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adam, adamw or sgd; default: the model's recipe.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for weights, split, shuffling and augmentation.")] = 0,
-    val_fraction: Annotated[float, typer.Option(help="Share of the training set held out for validation.")] = 0.1,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for weights, split, shuffling and augmentation  "
+                                                     "[default: 0]")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of the training set held out for "
+                                                               "validation  [default: 0.1]")] = None,
     data_dir: DataDir = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Run folder; default: runs/<dataset>.")] = None,
@@ -86,6 +88,8 @@ def train(
     force: Annotated[bool, typer.Option(help="Start over in an --out that holds another run (deletes it).")] = False,
     time_budget: Annotated[Optional[float], typer.Option(help="Stop after the epoch that passes this many "
                                                               "seconds of training.")] = None,
+    train_limit: Annotated[Optional[int], typer.Option(help="Train on the first N samples of the training "
+                                                              "split only (smoke runs).")] = None,
 ):
     """Train a LeNet variant and keep the best-validation checkpoint (best.pth) in --out."""
     from .training.train import TrainConfig, train as run_training
@@ -94,7 +98,8 @@ def train(
     cfg = TrainConfig(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer, seed=seed, val_fraction=val_fraction,
                       data_dir=str(data_dir) if data_dir else None, device=device,
-                      out=str(out or Path("runs") / dataset), resume=resume, force=force, time_budget=time_budget)
+                      out=str(out or Path("runs") / (dataset or "fashion-mnist")), resume=resume, force=force, time_budget=time_budget,
+                      train_limit=train_limit)
     with epoch_progress() as progress:
         run_training(cfg, progress=progress, log=log)
 

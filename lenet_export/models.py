@@ -101,8 +101,8 @@ VARIANTS = {
         Variant("lenet-modern", "fashion-mnist", {**_GREY, "channels": [16, 32], "kernel_size": 3, "padding": 1,
                 "fc": [128], "activation": "relu", "pool": "max", "batch_norm": True},
                 "modern LeNet for 28x28 grey: 3x3 convs, batch norm, ReLU (default for fashion-mnist)"),
-        Variant("lenet-modern-cifar", "cifar10", {**_RGB, "channels": [32, 64, 128], "kernel_size": 3,
-                "padding": 1, "fc": [256], "activation": "relu", "pool": "max", "batch_norm": True},
+        Variant("lenet-modern-cifar", "cifar10", {**_RGB, "channels": [16, 32, 64], "kernel_size": 3,
+                "padding": 1, "fc": [128], "activation": "relu", "pool": "max", "batch_norm": True},
                 "modern LeNet for 32x32 RGB: three 3x3 conv stages, batch norm, ReLU (default for cifar10)"),
     ]
 }

@@ -41,18 +41,18 @@ RECIPES = {
     "lenet5": dict(epochs=25, batch_size=64, lr=1e-3, optimizer="adam", schedule="constant", augment=False),
     "lenet-cifar": dict(epochs=20, batch_size=64, lr=1e-3, optimizer="adam", schedule="constant", augment=False),
     "lenet-modern": dict(epochs=4, batch_size=128, lr=4e-3, optimizer="adamw", schedule="onecycle", augment=False),
-    "lenet-modern-cifar": dict(epochs=6, batch_size=128, lr=4e-3, optimizer="adamw", schedule="onecycle",
+    "lenet-modern-cifar": dict(epochs=9, batch_size=128, lr=4e-3, optimizer="adamw", schedule="onecycle",
                                augment=True),
 }
 
 # Keys that define a run: resuming with a different value would not continue the same run.
 RUN_KEYS = ("dataset", "model", "batch_size", "lr", "optimizer", "schedule", "augment", "weight_decay",
-            "label_smoothing", "seed", "val_fraction")
+            "label_smoothing", "seed", "val_fraction", "train_limit")
 
 
 @dataclass
 class TrainConfig:
-    dataset: str = "fashion-mnist"
+    dataset: str | None = None  # None: fashion-mnist
     model: str | None = None  # default: DEFAULT_MODEL[dataset]
     epochs: int | None = None  # None: the model's recipe
     batch_size: int | None = None
@@ -62,18 +62,19 @@ class TrainConfig:
     augment: bool | None = None
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
-    seed: int = 0
-    val_fraction: float = 0.1
+    seed: int | None = None  # None: 0
+    val_fraction: float | None = None  # None: 0.1
     data_dir: str | None = None
     device: str = "auto"
     out: str = "runs/fashion-mnist"
     resume: bool = False
     force: bool = False
     time_budget: float | None = None  # stop after the epoch that crosses this many seconds of training
+    train_limit: int | None = None  # use only the first N samples of the training split (smoke runs, tests)
 
     def resolved(self) -> "TrainConfig":
         """Fill model and recipe defaults, then validate. Returns a new config."""
-        info = dataset_info(self.dataset)
+        info = dataset_info(self.dataset or "fashion-mnist")
         model = self.model or DEFAULT_MODEL[info.name]
         variant = get_variant(model)
         if variant.dataset != info.name and (VARIANTS[model].args["in_channels"], VARIANTS[model].args["image_size"]) \
@@ -83,7 +84,9 @@ class TrainConfig:
                               f"not {info.name}")
         recipe = RECIPES.get(model, RECIPES[DEFAULT_MODEL[info.name]])
         cfg = TrainConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
-        cfg.model = model
+        cfg.dataset, cfg.model = info.name, model
+        cfg.seed = 0 if cfg.seed is None else cfg.seed
+        cfg.val_fraction = 0.1 if cfg.val_fraction is None else cfg.val_fraction
         for k, v in recipe.items():
             if getattr(cfg, k) is None:
                 setattr(cfg, k, v)
@@ -99,6 +102,8 @@ class TrainConfig:
             raise ConfigError(f"unknown schedule {cfg.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
         if not 0.0 < cfg.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {cfg.val_fraction}")
+        if cfg.train_limit is not None and cfg.train_limit <= 0:
+            raise ConfigError(f"--train-limit must be positive, got {cfg.train_limit}")
         if cfg.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"unknown device {cfg.device!r}; choose one of: auto, cpu, cuda")
         return cfg
@@ -207,20 +212,19 @@ class Trainer:
             state = load_checkpoint(self.out / "last.pth")
             if "optimizer" not in state or "config" not in state:
                 raise CheckpointError(f"{self.out / 'last.pth'} is not a resumable training state")
-            saved = TrainConfig(**{k: v for k, v in state["config"].items() if k in {f.name for f in fields(TrainConfig)}})
-            given = cfg.resolved() if cfg.model or cfg.dataset != saved.dataset else None
-            merged = saved
-            merged.resume, merged.force, merged.out = True, False, str(self.out)
-            for k in ("epochs", "data_dir", "device", "time_budget"):
-                if getattr(cfg, k) not in (None, TrainConfig.__dataclass_fields__[k].default):
-                    setattr(merged, k, getattr(cfg, k))
-            if given is not None:
-                diff = {k: (saved.run_identity()[k], v) for k, v in given.run_identity().items()
-                        if k in ("dataset", "model") and saved.run_identity()[k] != v}
-                if diff:
-                    raise ConfigError(f"{self.out} holds a different run ({', '.join(f'{k}: {a} vs {b}' for k, (a, b) in diff.items())}); "
-                                      "use another --out or --force")
-            return merged.resolved(), state
+            known = {f.name for f in fields(TrainConfig)}
+            saved = TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
+            # The run is defined by last.pth; options given now must agree with it, except these.
+            diff = [f"{k}: {getattr(saved, k)} vs {getattr(cfg, k)}" for k in RUN_KEYS
+                    if getattr(cfg, k) is not None and getattr(cfg, k) != getattr(saved, k)]
+            if diff:
+                raise ConfigError(f"{self.out} holds a different run ({'; '.join(diff)}); "
+                                  "use another --out, or --force to start over")
+            for k in ("epochs", "data_dir", "time_budget"):
+                if getattr(cfg, k) is not None:
+                    setattr(saved, k, getattr(cfg, k))
+            saved.device, saved.resume, saved.force, saved.out = cfg.device, True, False, str(self.out)
+            return saved.resolved(), state
         cfg = cfg.resolved()
         if has_run and not cfg.force:
             what = ""
@@ -242,6 +246,8 @@ class Trainer:
         info = dataset_info(cfg.dataset)
         train_split = load_split(cfg.dataset, train=True, data_dir=cfg.data_dir)
         tr_idx, va_idx = train_val_indices(len(train_split), cfg.val_fraction, cfg.seed)
+        if cfg.train_limit:
+            tr_idx = tr_idx[:cfg.train_limit]
         mean, std = channel_stats(train_split.images[tr_idx])
         xtr = normalize(train_split.images[tr_idx], mean, std).to(device)
         ytr = train_split.labels[tr_idx].to(device)

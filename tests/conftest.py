@@ -1,0 +1,122 @@
+"""Shared fixtures: where the real data sets are, and small models trained once per session.
+
+Real data: Fashion-MNIST from $LENET_EXPORT_TEST_FMNIST, ../shared/datasets/fashion-mnist or Debian's
+/usr/share/datasets/fashion-mnist; CIFAR-10 (JPEG copy) from $LENET_EXPORT_TEST_CIFAR or
+../shared/datasets/cifar10-jpeg.tar.gz. Tests needing a missing one skip with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "datasets"
+
+
+def _first(*paths) -> Path | None:
+    for p in paths:
+        if p and Path(p).exists():
+            return Path(p)
+    return None
+
+
+FMNIST_DIR = _first(os.environ.get("LENET_EXPORT_TEST_FMNIST"), SHARED / "fashion-mnist",
+                    "/usr/share/datasets/fashion-mnist")
+CIFAR_SRC = _first(os.environ.get("LENET_EXPORT_TEST_CIFAR"), SHARED / "cifar10-jpeg.tar.gz")
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir() -> Path:
+    if FMNIST_DIR is None:
+        pytest.skip("real Fashion-MNIST not found (set LENET_EXPORT_TEST_FMNIST or apt-get install dataset-fashion-mnist)")
+    return FMNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    if CIFAR_SRC is None:
+        pytest.skip("CIFAR-10 JPEG archive not found (set LENET_EXPORT_TEST_CIFAR to cifar10-jpeg.tar.gz)")
+    return CIFAR_SRC.parent if CIFAR_SRC.is_file() else CIFAR_SRC
+
+
+def data_dir_for(dataset: str, request) -> Path:
+    return request.getfixturevalue("fmnist_dir" if dataset == "fashion-mnist" else "cifar_dir")
+
+
+def _train(tmp_path_factory, dataset: str, data_dir: Path, **kw) -> Path:
+    from lenet_export.training.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp(f"run-{dataset}")
+    cfg = TrainConfig(dataset=dataset, data_dir=str(data_dir), out=str(out), force=True, **kw)
+    train(cfg, log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fmnist_run(tmp_path_factory, fmnist_dir) -> Path:
+    """The default Fashion-MNIST model, one epoch on 20,000 training images (~10 s)."""
+    return _train(tmp_path_factory, "fashion-mnist", fmnist_dir, epochs=1, train_limit=20000)
+
+
+@pytest.fixture(scope="session")
+def cifar_run(tmp_path_factory, cifar_dir) -> Path:
+    """The default CIFAR-10 model, one epoch on 15,000 training images of the JPEG copy (~15 s)."""
+    return _train(tmp_path_factory, "cifar10", cifar_dir, epochs=1, train_limit=15000)
+
+
+@pytest.fixture(scope="session")
+def runs(request):
+    """{dataset: run folder}, trained lazily."""
+    def get(dataset: str) -> Path:
+        return request.getfixturevalue("fmnist_run" if dataset == "fashion-mnist" else "cifar_run")
+    return get
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory, runs, request):
+    """{dataset: export folder} of the session's trained models (dynamo exporter, TorchScript)."""
+    from lenet_export.export import ExportOptions, export
+
+    cache: dict[str, Path] = {}
+
+    def get(dataset: str) -> Path:
+        if dataset not in cache:
+            run = runs(dataset)
+            out = tmp_path_factory.mktemp(f"export-{dataset}") / "export"
+            export(run / "best.pth", ExportOptions(out=out, data_dir=str(data_dir_for(dataset, request))),
+                   log=lambda _: None)
+            cache[dataset] = out
+        return cache[dataset]
+    return get
+
+
+def run_cli(*args: str):
+    """Invoke the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from lenet_export.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_clean_error(result, *fragments: str) -> None:
+    """A non-zero exit with exactly one line 'error: ...' on stderr and no traceback."""
+    assert result.exit_code != 0, result.output
+    err = result.stderr.strip()
+    assert err.startswith("error: "), err
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in result.output
+    for f in fragments:
+        assert f in err, err
