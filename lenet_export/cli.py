@@ -88,7 +88,7 @@ def train(
     force: Annotated[bool, typer.Option(help="Start over in an --out that holds another run (deletes it).")] = False,
     time_budget: Annotated[Optional[float], typer.Option(help="Stop after the epoch that passes this many "
                                                               "seconds of training.")] = None,
-    train_limit: Annotated[Optional[int], typer.Option(help="Train on the first N samples of the training "
+    train_limit: Annotated[Optional[int], typer.Option(help="Train on a seeded random N images of the training "
                                                               "split only (smoke runs).")] = None,
 ):
     """Train a LeNet variant and keep the best-validation checkpoint (best.pth) in --out."""

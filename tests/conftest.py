@@ -72,8 +72,8 @@ def fmnist_run(tmp_path_factory, fmnist_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def cifar_run(tmp_path_factory, cifar_dir) -> Path:
-    """The default CIFAR-10 model, one epoch on 15,000 training images of the JPEG copy (~15 s)."""
-    return _train(tmp_path_factory, "cifar10", cifar_dir, epochs=1, train_limit=15000)
+    """The default CIFAR-10 model, two epochs on 20,000 training images of the JPEG copy (~20 s)."""
+    return _train(tmp_path_factory, "cifar10", cifar_dir, epochs=2, train_limit=20000)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
@@ -70,7 +71,7 @@ class TrainConfig:
     resume: bool = False
     force: bool = False
     time_budget: float | None = None  # stop after the epoch that crosses this many seconds of training
-    train_limit: int | None = None  # use only the first N samples of the training split (smoke runs, tests)
+    train_limit: int | None = None  # train on a seeded random N of the training split (smoke runs, tests)
 
     def resolved(self) -> "TrainConfig":
         """Fill model and recipe defaults, then validate. Returns a new config."""
@@ -246,8 +247,9 @@ class Trainer:
         info = dataset_info(cfg.dataset)
         train_split = load_split(cfg.dataset, train=True, data_dir=cfg.data_dir)
         tr_idx, va_idx = train_val_indices(len(train_split), cfg.val_fraction, cfg.seed)
-        if cfg.train_limit:
-            tr_idx = tr_idx[:cfg.train_limit]
+        if cfg.train_limit:  # a seeded random subset: files are often stored grouped by class
+            g = torch.Generator().manual_seed(cfg.seed)
+            tr_idx = tr_idx[torch.randperm(len(tr_idx), generator=g)[:cfg.train_limit]].sort().values
         mean, std = channel_stats(train_split.images[tr_idx])
         xtr = normalize(train_split.images[tr_idx], mean, std).to(device)
         ytr = train_split.labels[tr_idx].to(device)
@@ -280,8 +282,10 @@ class Trainer:
                 sched.load_state_dict(s["scheduler"])
             else:  # a longer (or shorter) run: rebuild the schedule for the new length, continue its position
                 sched = _make_scheduler(cfg, opt, steps)
-                for _ in range(min(s["epoch"] * steps, steps * cfg.epochs - 1)):
-                    sched.step()
+                with warnings.catch_warnings():  # stepping a fresh scheduler without optimizer steps is the point
+                    warnings.simplefilter("ignore", UserWarning)
+                    for _ in range(min(s["epoch"] * steps, steps * cfg.epochs - 1)):
+                        sched.step()
             torch.set_rng_state(s["rng"])
             history, best_val, best_epoch = list(s["history"]), s["best_val_acc"], s["best_epoch"]
             start_epoch = s["epoch"] + 1
