@@ -195,10 +195,12 @@ def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoc
 class Trainer:
     """Owns one run in one output folder. ``run()`` trains, ``finish()`` reports the best checkpoint on test."""
 
-    def __init__(self, cfg: TrainConfig, progress: Callable | None = None, log: Callable[[str], None] = print):
+    def __init__(self, cfg: TrainConfig, progress: Callable | None = None, log: Callable[[str], None] = print,
+                 on_epoch: Callable[[torch.nn.Module, dict], None] | None = None):
         self.out = Path(cfg.out)
         self.log = log
         self.progress = progress
+        self.on_epoch = on_epoch  # called after each epoch with (model, history row); benchmarks use it
         self.cfg, self.state = self._prepare(cfg)
 
     # -- output folder and resume ------------------------------------------------------------
@@ -319,6 +321,8 @@ class Trainer:
             self.log(f"epoch {epoch:>3}/{cfg.epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:.4f}  "
                      f"val loss {r.val_loss:.4f} acc {r.val_acc:.4f}  lr {r.lr:.2e}  {r.seconds:5.1f}s"
                      + ("  * best" if r.best else ""))
+            if self.on_epoch is not None:
+                self.on_epoch(model, asdict(r))
             if cfg.time_budget is not None and trained_s >= cfg.time_budget and epoch < cfg.epochs:
                 self.log(f"time budget of {cfg.time_budget:.0f}s reached after epoch {epoch}")
                 break
@@ -397,6 +401,7 @@ def _cpu_state(model: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def train(cfg: TrainConfig, progress: Callable | None = None, log: Callable[[str], None] = print) -> dict:
+def train(cfg: TrainConfig, progress: Callable | None = None, log: Callable[[str], None] = print,
+          on_epoch: Callable | None = None) -> dict:
     """Train per ``cfg`` and return the final metrics (see ``Trainer``)."""
-    return Trainer(cfg, progress=progress, log=log).run()
+    return Trainer(cfg, progress=progress, log=log, on_epoch=on_epoch).run()
