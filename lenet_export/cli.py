@@ -195,6 +195,20 @@ def predict(
 
 @app.command()
 @cli_errors
+def ship(
+    dataset: Annotated[str, typer.Option(help="fashion-mnist or cifar10.")] = "fashion-mnist",
+    data_dir: DataDir = None,
+    root: Annotated[Path, typer.Option(help="Where the model folders go.")] = Path("exported"),
+):
+    """Regenerate a shipped model folder: train the default model, export, verify, write MODEL_CARD.md."""
+    from .ship import ship as run_ship
+    from .ui import epoch_progress, log
+
+    run_ship(dataset, str(data_dir) if data_dir else None, root=root, log=log)
+
+
+@app.command()
+@cli_errors
 def models():
     """List the model variants with their parameter counts."""
     from .models import VARIANTS, build_model, count_parameters

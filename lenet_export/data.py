@@ -15,6 +15,7 @@ Images come back as uint8 ``N x C x H x W`` tensors; labels as int64 ``N``.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import shutil
@@ -134,10 +135,23 @@ def _fmnist_root(data_dir: Path, download: bool) -> Path:
                 os.replace(tmp, target)
             return root
     if download:
-        FashionMNIST(str(data_dir), train=True, download=True)
-        FashionMNIST(str(data_dir), train=False, download=True)
+        with _download_errors("fashion-mnist", data_dir):
+            FashionMNIST(str(data_dir), train=True, download=True)
+            FashionMNIST(str(data_dir), train=False, download=True)
         return data_dir
     raise DataError(how_to_get("fashion-mnist", data_dir))
+
+
+@contextlib.contextmanager
+def _download_errors(name: str, data_dir: Path):
+    """torchvision downloads (with their md5 checks) raise network and checksum errors of many types."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"download of {name} failed ({first}); {how_to_get(name, data_dir)}") from None
 
 
 def _load_fmnist(data_dir: Path, train: bool, download: bool) -> Split:
@@ -182,7 +196,8 @@ def _cifar_source(data_dir: Path, download: bool) -> tuple[str, Path]:
             return "image-folder", _unpack_image_folder(archive)
         raise DataError(f"{archive} is not a readable .tar.gz archive")
     if download:
-        CIFAR10(str(data_dir), train=True, download=True)
+        with _download_errors("cifar10", data_dir):
+            CIFAR10(str(data_dir), train=True, download=True)
         return "torchvision-cifar10", data_dir
     raise DataError(how_to_get("cifar10", data_dir))
 

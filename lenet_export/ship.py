@@ -1,0 +1,108 @@
+"""Build a ready-to-embed model folder: train, export, verify, and write its model card.
+
+``lenet-export ship --dataset fashion-mnist`` (and ``--dataset cifar10 --data-dir ...``) regenerates
+``exported/<dataset>-<model>/`` with the checkpoint (``best.pth``), ``model.onnx``, ``model.raw.onnx``,
+``model.pt``, golden test data, ``metadata.json``, ``metrics.json``, ``history.csv``, ``verify.json`` and
+``MODEL_CARD.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .errors import ParityError
+from .fsutil import atomic_write_text
+
+SOURCE_NOTE = {
+    "jpeg-image-folder": "the JPEG copy of CIFAR-10 (all 60,000 real images re-encoded as JPEG, quality ~75); "
+                         "accuracies on it are close to, but not the same as, canonical CIFAR-10 figures",
+    "torchvision-cifar10": "canonical CIFAR-10 (cifar-10-python batches, read by torchvision)",
+    "torchvision-fashion-mnist": "the original Fashion-MNIST release files (read by torchvision)",
+}
+
+
+def ship(dataset: str, data_dir: str | None, root: Path = Path("exported"), runs: Path = Path("runs"),
+         log=print) -> Path:
+    from .export import ExportOptions, export
+    from .models import DEFAULT_MODEL
+    from .training.train import TrainConfig, train
+    from .verify import CPU_BACKENDS, CUDA_BACKENDS, VerifyOptions, verify
+
+    model = DEFAULT_MODEL[dataset]
+    run = runs / f"ship-{dataset}"
+    train(TrainConfig(dataset=dataset, model=model, data_dir=data_dir, out=str(run), force=True), log=log)
+    out = root / f"{dataset}-{model}"
+    export(run / "best.pth", ExportOptions(out=out, force=True, data_dir=data_dir), log=log)
+    for name in ("best.pth", "metrics.json", "history.csv"):
+        shutil.copy2(run / name, out / name)
+    report = verify(VerifyOptions(exported=out, checkpoint=out / "best.pth", data_dir=data_dir,
+                                  backends=CPU_BACKENDS + CUDA_BACKENDS, report=out / "verify.json"), log=log)
+    if not report["passed"]:
+        raise ParityError(f"shipped model in {out} fails verify; see {out / 'verify.json'}")
+    atomic_write_text(out / "MODEL_CARD.md", model_card(out))
+    log(f"shipped {out}")
+    return out
+
+
+def model_card(folder: Path) -> str:
+    meta = json.loads((folder / "metadata.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    rep = json.loads((folder / "verify.json").read_text())
+    ran = {k: v for k, v in rep["backends"].items() if v["status"] != "skipped"}
+    skipped = {k: v["reason"] for k, v in rep["backends"].items() if v["status"] == "skipped"}
+    c = len(meta["mean"])
+    raw_shape = "N x H x W" if c == 1 else "N x H x W x 3"
+    rows = "\n".join(
+        f"| {k} | {v['status']} | {v['accuracy']:.4f} | {v['logits']['max_abs']:.1e} | {v['argmax_agree']}/{rep['samples']} "
+        f"| {v['batch_invariance']['max_abs_diff']:.1e} | {v['latency_ms_batch1']['median']:.3f} | {v['throughput_img_s']:,.0f} |"
+        for k, v in ran.items())
+    skipped_txt = "\n".join(f"- {k}: skipped ({r})" for k, r in skipped.items()) or "- none"
+    return f"""# {meta['model_name']} on {meta['dataset']}
+
+A LeNet-family classifier exported by lenet-export {meta['lenet_export_version']}.
+
+## Data
+{SOURCE_NOTE.get(metrics['data_source'], metrics['data_source'])}. Training split: the training set minus a
+seeded 10% validation split (seed 0); the test set is used only for the final figures below.
+Classes: {', '.join(meta['classes'])}.
+
+## Accuracy
+| | value |
+|---|---|
+| test accuracy (best-validation checkpoint) | {metrics['test_acc']:.4f} |
+| validation accuracy | {metrics['val_acc']:.4f} (epoch {metrics['best_epoch']} of {metrics['epochs_run']}) |
+| parameters | {metrics['num_parameters']:,} |
+| training time | {metrics['train_seconds']:.0f} s on the machine that built it (2 CPU cores) |
+
+## Parity (`lenet-export verify`, whole test set, tolerance atol {rep['tolerance']['atol']:g} rtol {rep['tolerance']['rtol']:g})
+| backend | status | accuracy | max abs logit diff | argmax agree | batch 1/2/7/1000 max diff | latency b1 (ms) | img/s (b1000) |
+|---|---|---|---|---|---|---|---|
+{rows}
+
+{skipped_txt}
+
+Full report: `verify.json`.
+
+## Files
+- `model.onnx`: float32 `input` N x {c} x {meta['input_shape'][2]} x {meta['input_shape'][3]} (NCHW, normalised:
+  `(pixel / 255 - mean) / std`, mean {meta['mean']}, std {meta['std']}) -> `logits` N x 10. Opset {meta['opset']}, {meta['exporter']} exporter.
+- `model.raw.onnx`: uint8 `images` {raw_shape} as an image decoder gives them -> `logits`, `probabilities`.
+- `model.pt`: TorchScript ({meta.get('torchscript_method')}), metadata in the extra file `metadata.json`.
+- `test_data_set_0/`, `raw_test_data_set_0/`: golden inputs/outputs (ONNX test-data layout), one real test image per class.
+- `best.pth`: the checkpoint (sha256 `{meta['checkpoint_sha256']}`), `metadata.json`, `metrics.json`, `history.csv`.
+
+## Embed
+Python without torch:
+
+```python
+import numpy as np
+from lenet_export.runtime import Classifier
+clf = Classifier("{folder.as_posix()}/model.raw.onnx")
+pred = clf.classify(images)   # uint8 {raw_shape.replace('N x ', '')} or {raw_shape}
+print(pred.class_names, pred.probabilities.max(axis=1), clf.provider)
+```
+
+Node.js: `node examples/node/classify.js {folder.as_posix()}` (see the README, "Embedding").
+"""
