@@ -144,6 +144,8 @@ def verify(
     require_cuda: Annotated[bool, typer.Option(help="Fail when a CUDA backend cannot run.")] = False,
 ):
     """Check that every runtime gives the checkpoint's logits and accuracy on the whole test set."""
+    from rich.markup import escape
+
     from .verify import BACKENDS, Tolerance, VerifyOptions, verify as run_verify
     from .ui import console, fail, verify_table
 
@@ -154,9 +156,9 @@ def verify(
     console.print(verify_table(rep))
     for name, e in rep["backends"].items():
         for f in e.get("failures", []):
-            console.print(f"[bold red]FAIL[/] {name}: {f}")
+            console.print(f"[bold red]FAIL[/] {name}: {escape(f)}")
         if e["status"] == "skipped":
-            console.print(f"[yellow]skipped[/] {name}: {e['reason']}")
+            console.print(f"[yellow]skipped[/] {name}: {escape(e['reason'])}")
     if not rep["passed"]:
         failed = [n for n, e in rep["backends"].items() if e["status"] == "failed"]
         fail(f"parity failed for {', '.join(failed)}", 1)
@@ -190,7 +192,7 @@ def predict(
         print(json.dumps({"model": str(model), "provider": pred.provider, "predictions": rows}, indent=2))
     else:
         for r in rows:
-            console.print(f"{r['file']}\t{r['class']}\t{r['probability']:.4f}")
+            console.print(f"{r['file']}\t{r['class']}\t{r['probability']:.4f}", markup=False)
 
 
 @app.command()
@@ -202,7 +204,7 @@ def ship(
 ):
     """Regenerate a shipped model folder: train the default model, export, verify, write MODEL_CARD.md."""
     from .ship import ship as run_ship
-    from .ui import epoch_progress, log
+    from .ui import log
 
     run_ship(dataset, str(data_dir) if data_dir else None, root=root, log=log)
 

@@ -33,11 +33,11 @@ def epoch_progress() -> Iterator[Callable[[int, int, int], Callable[[int, float,
 
 
 def log(msg: str) -> None:
-    console.print(msg, soft_wrap=True)
+    console.print(msg, soft_wrap=True, markup=False)
 
 
 def fail(msg: str, code: int = 2) -> None:
-    err_console.print(f"error: {msg}", soft_wrap=True)
+    err_console.print(f"error: {msg}", soft_wrap=True, markup=False)
     sys.exit(code)
 
 

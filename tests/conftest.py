@@ -8,6 +8,8 @@ Real data: Fashion-MNIST from $LENET_EXPORT_TEST_FMNIST, ../shared/datasets/fash
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -120,3 +122,17 @@ def assert_clean_error(result, *fragments: str) -> None:
     assert "Traceback" not in result.output
     for f in fragments:
         assert f in err, err
+
+
+@pytest.fixture(scope="session")
+def node_app(tmp_path_factory):
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        pytest.skip("node or npm is not installed")
+    app = REPO / "examples" / "node"
+    if not (app / "node_modules" / "onnxruntime-node").is_dir() or not (app / "node_modules" / "onnx-proto").is_dir():
+        r = subprocess.run([npm, "install", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=app,
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            pytest.skip(f"npm install failed (no registry?): {r.stderr.strip().splitlines()[-1:]}")
+    return node, app

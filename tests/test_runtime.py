@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -146,20 +145,6 @@ def test_predict_rejects_or_resizes_other_sizes(exports, tmp_path):
 
 
 # -- Node.js ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def node_app(tmp_path_factory):
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        pytest.skip("node or npm is not installed")
-    app = REPO / "examples" / "node"
-    if not (app / "node_modules" / "onnxruntime-node").is_dir() or not (app / "node_modules" / "onnx-proto").is_dir():
-        r = subprocess.run([npm, "install", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=app,
-                           capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            pytest.skip(f"npm install failed (no registry?): {r.stderr.strip().splitlines()[-1:]}")
-    return node, app
 
 
 @pytest.mark.parametrize("dataset", DATASETS)

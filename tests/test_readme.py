@@ -1,0 +1,51 @@
+"""The README's embedding snippets run as written (Python without torch; Node.js)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+README = (REPO / "README.md").read_text()
+
+
+def snippet(marker: str) -> str:
+    m = re.search(rf"<!-- {marker}:[^\n]*-->\n```\w+\n(.*?)```", README, re.S)
+    assert m, marker
+    return m.group(1)
+
+
+def test_python_embedding_snippet_runs_without_torch():
+    code = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n" + snippet("embed-python")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 11 and lines[-1] == "ran on CPUExecutionProvider"
+    # the golden inputs are one test image per class, in class order; the shipped model gets most right
+    names = [l.split()[0] for l in lines[:10]]
+    assert sum(n == c.split()[0] for n, c in zip(names, ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle"])) >= 8
+
+
+def test_node_snippet_runs(node_app):
+    import json
+
+    import numpy as np
+    from onnx import numpy_helper
+    import onnx
+
+    from lenet_export.runtime import Classifier
+
+    cmd = snippet("embed-node").strip()
+    r = subprocess.run(["bash", "-c", cmd], cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "NODE_NO_WARNINGS": "1", "npm_config_audit": "false", "npm_config_fund": "false"})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    export = REPO / "exported" / "fashion-mnist-lenet-modern"
+    x = numpy_helper.to_array(onnx.load_tensor(export / "raw_test_data_set_0" / "input_0.pb"))
+    py = Classifier(export / "model.raw.onnx").classify(x)
+    np.testing.assert_allclose(np.array([p["logits"] for p in out["predictions"]]), py.logits, atol=1e-4)
+    assert [p["class"] for p in out["predictions"]] == py.class_names

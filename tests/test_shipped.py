@@ -1,0 +1,38 @@
+"""The models shipped in exported/: complete, and passing verify against their own checkpoints."""
+
+import json
+
+import pytest
+
+from conftest import REPO, data_dir_for
+from lenet_export.verify import CPU_BACKENDS, VerifyOptions, verify
+
+SHIPPED = {"fashion-mnist": REPO / "exported" / "fashion-mnist-lenet-modern",
+           "cifar10": REPO / "exported" / "cifar10-lenet-modern-cifar"}
+FILES = ["best.pth", "model.onnx", "model.raw.onnx", "model.pt", "metadata.json", "metrics.json", "verify.json",
+         "MODEL_CARD.md", "test_data_set_0/input_0.pb", "test_data_set_0/output_0.pb",
+         "raw_test_data_set_0/input_0.pb", "raw_test_data_set_0/output_0.pb", "raw_test_data_set_0/output_1.pb"]
+
+
+@pytest.mark.parametrize("dataset", list(SHIPPED))
+def test_shipped_folder_is_complete(dataset):
+    folder = SHIPPED[dataset]
+    missing = [f for f in FILES if not (folder / f).is_file()]
+    assert not missing, missing
+    card = (folder / "MODEL_CARD.md").read_text()
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert f"{metrics['test_acc']:.4f}" in card
+    if dataset == "cifar10":
+        assert metrics["data_source"] == "jpeg-image-folder" and "JPEG copy" in card
+    assert json.loads((folder / "verify.json").read_text())["passed"] is True
+
+
+@pytest.mark.parametrize("dataset", list(SHIPPED))
+def test_shipped_models_pass_verify_on_the_real_test_set(dataset, request):
+    folder = SHIPPED[dataset]
+    rep = verify(VerifyOptions(exported=folder, data_dir=str(data_dir_for(dataset, request)), backends=CPU_BACKENDS),
+                 log=lambda _: None)
+    assert rep["passed"], {k: v.get("failures") for k, v in rep["backends"].items()}
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert rep["reference_accuracy"] == pytest.approx(metrics["test_acc"], abs=1e-6)
+    assert rep["reference_accuracy"] >= (0.915 if dataset == "fashion-mnist" else 0.75)
