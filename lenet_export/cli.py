@@ -147,7 +147,7 @@ def verify(
     from rich.markup import escape
 
     from .verify import BACKENDS, Tolerance, VerifyOptions, verify as run_verify
-    from .ui import console, fail, verify_table
+    from .ui import console, fail, ran_on, verify_table
 
     names = BACKENDS if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
     rep = run_verify(VerifyOptions(exported=exported, checkpoint=checkpoint, data_dir=str(data_dir) if data_dir else None,
@@ -155,6 +155,8 @@ def verify(
                                    require_cuda=require_cuda, report=report), log=lambda _: None)
     console.print(verify_table(rep))
     for name, e in rep["backends"].items():
+        if "runtime" in e:
+            console.print(f"{name} ran on: {escape(ran_on(e))}")
         for f in e.get("failures", []):
             console.print(f"[bold red]FAIL[/] {name}: {escape(f)}")
         if e["status"] == "skipped":
