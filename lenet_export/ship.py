@@ -16,10 +16,10 @@ from .errors import ParityError
 from .fsutil import atomic_write_text
 
 SOURCE_NOTE = {
-    "jpeg-image-folder": "the JPEG copy of CIFAR-10 (all 60,000 real images re-encoded as JPEG, quality ~75); "
+    "jpeg-image-folder": "Trained and tested on the JPEG copy of CIFAR-10 (all 60,000 real images re-encoded as JPEG, quality ~75); "
                          "accuracies on it are close to, but not the same as, canonical CIFAR-10 figures",
-    "torchvision-cifar10": "canonical CIFAR-10 (cifar-10-python batches, read by torchvision)",
-    "torchvision-fashion-mnist": "the original Fashion-MNIST release files (read by torchvision)",
+    "torchvision-cifar10": "Trained and tested on canonical CIFAR-10 (cifar-10-python batches, read by torchvision)",
+    "torchvision-fashion-mnist": "Trained and tested on the original Fashion-MNIST release files (read by torchvision)",
 }
 
 

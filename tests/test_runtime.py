@@ -159,3 +159,14 @@ def test_node_app_matches_python(dataset, exports, node_app):
     node_logits = np.array([p["logits"] for p in out["predictions"]], dtype=np.float32)
     np.testing.assert_allclose(node_logits, py.logits, atol=1e-4)
     assert [p["class"] for p in out["predictions"]] == py.class_names
+
+
+def test_predict_cli_does_not_need_torch(exports, tmp_path):
+    export = exports("cifar10")
+    paths = _save_pngs(golden_raw(export)[:2], tmp_path)
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+            "from lenet_export.cli import app\n"
+            f"app(['predict', '--json', '--model', {str(export / 'model.raw.onnx')!r}, *{[str(p) for p in paths]!r}])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["predictions"]) == 2
