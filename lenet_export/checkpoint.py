@@ -77,3 +77,9 @@ def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"weights do not fit the recorded architecture {ckpt['model']!r}: {first}") from None
     return model.eval()
+
+
+def recorded_data_dir(ckpt: dict) -> str | None:
+    """The data folder the checkpoint was trained from, if it still exists (a default for later steps)."""
+    d = (ckpt.get("config") or {}).get("data_dir")
+    return d if d and Path(d).exists() else None

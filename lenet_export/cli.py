@@ -164,7 +164,7 @@ def verify(
     if not rep["passed"]:
         failed = [n for n, e in rep["backends"].items() if e["status"] == "failed"]
         fail(f"parity failed for {', '.join(failed)}", 1)
-    console.print(f"[green]parity passed[/]" + (f"; report: {report}" if report else ""))
+    console.print("[green]parity passed[/]" + (f"; report: {report}" if report else ""))
 
 
 @app.command()

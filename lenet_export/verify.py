@@ -295,7 +295,9 @@ def verify(opts: VerifyOptions, log=print) -> dict:
     if list(info.input_shape) != list(ckpt["input_shape"]):
         raise ConfigError(f"data set {name} has {info.channels}x{info.size}x{info.size} images but the model "
                           f"expects {'x'.join(map(str, ckpt['input_shape']))}")
-    test = load_split(name, train=False, data_dir=opts.data_dir)
+    from .checkpoint import recorded_data_dir
+
+    test = load_split(name, train=False, data_dir=opts.data_dir or recorded_data_dir(ckpt))
     x = normalize(test.images, ckpt["mean"], ckpt["std"]).numpy()
     y = test.labels.numpy()
     tol = opts.tolerance

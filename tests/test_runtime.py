@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-from conftest import REPO, assert_clean_error, run_cli
+from conftest import assert_clean_error, run_cli
 from lenet_export.errors import RuntimeInputError
 from lenet_export.runtime import Classifier, ModelMetadataError
 

@@ -18,7 +18,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +29,7 @@ from lenet_export.checkpoint import load_checkpoint, model_from_checkpoint, save
 from lenet_export.data import channel_stats, dataset_info, load_split, normalize, train_val_indices
 from lenet_export.errors import CheckpointError, ConfigError
 from lenet_export.fsutil import atomic_write_json, atomic_write_text
-from lenet_export.models import DEFAULT_MODEL, VARIANTS, build_model, count_parameters, get_variant
+from lenet_export.models import DEFAULT_MODEL, build_model, count_parameters, get_variant
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "constant")
@@ -78,14 +78,15 @@ class TrainConfig:
         info = dataset_info(self.dataset or "fashion-mnist")
         model = self.model or DEFAULT_MODEL[info.name]
         variant = get_variant(model)
-        if variant.dataset != info.name and (VARIANTS[model].args["in_channels"], VARIANTS[model].args["image_size"]) \
-                != (info.channels, info.size):
+        if (variant.args["in_channels"], variant.args["image_size"]) != (info.channels, info.size):
             raise ConfigError(f"model {model!r} is built for {variant.dataset} input "
                               f"({variant.args['in_channels']}x{variant.args['image_size']}x{variant.args['image_size']}), "
                               f"not {info.name}")
-        recipe = RECIPES.get(model, RECIPES[DEFAULT_MODEL[info.name]])
-        cfg = TrainConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
+        recipe = RECIPES[model]
+        cfg = replace(self)
         cfg.dataset, cfg.model = info.name, model
+        if cfg.data_dir is not None:  # absolute, so later steps can find the data from the checkpoint alone
+            cfg.data_dir = str(Path(cfg.data_dir).resolve())
         cfg.seed = 0 if cfg.seed is None else cfg.seed
         cfg.val_fraction = 0.1 if cfg.val_fraction is None else cfg.val_fraction
         for k, v in recipe.items():
