@@ -70,17 +70,17 @@ def data(
 @app.command()
 @cli_errors
 def train(
-    dataset: Annotated[Optional[str], typer.Option(help="fashion-mnist or cifar10  [default: fashion-mnist]")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="fashion-mnist or cifar10 (default: fashion-mnist).")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model variant (see `lenet-export models`); default: "
                                                       "lenet-modern / lenet-modern-cifar.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs; default: the model's recipe.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size; default: the model's recipe.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate; default: the model's recipe.")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adam, adamw or sgd; default: the model's recipe.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for weights, split, shuffling and augmentation  "
-                                                     "[default: 0]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for weights, split, shuffling and augmentation "
+                                                     "(default: 0).")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Share of the training set held out for "
-                                                               "validation  [default: 0.1]")] = None,
+                                                               "validation (default: 0.1).")] = None,
     data_dir: DataDir = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Run folder; default: runs/<dataset>.")] = None,

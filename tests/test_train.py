@@ -198,3 +198,10 @@ def test_default_recipes_reach_their_targets(tmp_path, fmnist_dir, cifar_dir):
     assert m["test_acc"] >= 0.915, m["test_acc"]
     m = train(TrainConfig(dataset="cifar10", data_dir=str(cifar_dir), out=str(tmp_path / "c")), log=lambda _: None)
     assert m["test_acc"] >= 0.75, m["test_acc"]  # on the JPEG copy
+
+
+@pytest.mark.parametrize("limit", [100, 600, 1500])
+def test_very_short_runs_work(tmp_path, fmnist_dir, limit):
+    """One-cycle schedules on a handful of steps (1, 3 and 6 batches) must not crash."""
+    m = train(small_cfg(tmp_path / "r", fmnist_dir, epochs=1, train_limit=limit), log=lambda _: None)
+    assert 0.0 <= m["test_acc"] <= 1.0 and (tmp_path / "r" / "best.pth").exists()
