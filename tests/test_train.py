@@ -205,3 +205,12 @@ def test_very_short_runs_work(tmp_path, fmnist_dir, limit):
     """One-cycle schedules on a handful of steps (1, 3 and 6 batches) must not crash."""
     m = train(small_cfg(tmp_path / "r", fmnist_dir, epochs=1, train_limit=limit), log=lambda _: None)
     assert 0.0 <= m["test_acc"] <= 1.0 and (tmp_path / "r" / "best.pth").exists()
+
+
+def test_malformed_data_is_a_one_line_error(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x00\x00\x08\x03 truncated")
+    assert_clean_error(run_cli("train", "--data-dir", tmp_path, "--out", tmp_path / "out"), "malformed Fashion-MNIST")
+    assert not (tmp_path / "out" / "best.pth").exists()
