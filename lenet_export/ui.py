@@ -45,9 +45,9 @@ def verify_table(report: dict):
     """The parity report as a rich table."""
     from rich.table import Table
 
-    t = Table(title=f"parity: {report['model']} on {report['dataset']} ({report['samples']} test images, "
-                    f"{report['data_source']}); tolerance atol {report['tolerance']['atol']:g} "
-                    f"rtol {report['tolerance']['rtol']:g}", title_justify="left")
+    t = Table(title=f"parity: {report['model']} on {report['dataset']}, {report['samples']} test images "
+                    f"({report['data_source']}), atol {report['tolerance']['atol']:g} rtol {report['tolerance']['rtol']:g}",
+              title_justify="left")
     for col in ("backend", "status", "accuracy", "max|Δ|", "p99|Δ|", "max rel", "agree", "batch-inv|Δ|",
                 "b1 ms", "img/s"):
         t.add_column(col, no_wrap=True, justify="left" if col in ("backend", "status") else "right")
