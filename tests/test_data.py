@@ -219,3 +219,12 @@ def test_real_cifar10_jpeg_copy(cifar_dir):
     assert len(tr) == 50000
     mean, _ = D.channel_stats(tr.images)
     assert np.allclose(mean, [0.4913, 0.4821, 0.4465], atol=1e-3)  # as shared/datasets/README.md states
+
+
+def test_data_command_reports_the_real_sets(fmnist_dir):
+    from conftest import run_cli
+
+    r = run_cli("data", "--dataset", "fashion-mnist", "--data-dir", fmnist_dir)
+    assert r.exit_code == 0, r.output
+    assert "fashion-mnist train: 60000 images (1, 28, 28)" in r.stdout
+    assert "fashion-mnist test: 10000 images (1, 28, 28)" in r.stdout
