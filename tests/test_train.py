@@ -214,3 +214,8 @@ def test_malformed_data_is_a_one_line_error(tmp_path):
         (raw / name).write_bytes(b"\x00\x00\x08\x03 truncated")
     assert_clean_error(run_cli("train", "--data-dir", tmp_path, "--out", tmp_path / "out"), "malformed Fashion-MNIST")
     assert not (tmp_path / "out" / "best.pth").exists()
+
+
+def test_time_budget_stops_after_the_crossing_epoch(tmp_path, fmnist_dir):
+    m = train(small_cfg(tmp_path / "r", fmnist_dir, epochs=5, time_budget=0.001), log=lambda _: None)
+    assert m["epochs_run"] == 1 and m["best_epoch"] == 1

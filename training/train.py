@@ -392,7 +392,7 @@ class Trainer:
         try:
             from .plots import plot_run
         except ImportError:  # matplotlib is the optional `plot` extra
-            pass
+            self.log("no plots: install the `plot` extra (matplotlib) for curves.png and confusion.png")
         else:
             plot_run(history, confusion.tolist(), best["classes"], self.out)
         self.log(f"best epoch {best['epoch']}: val acc {best['val_acc']:.4f}, test acc {test_acc:.4f} "
