@@ -219,3 +219,11 @@ def test_malformed_data_is_a_one_line_error(tmp_path):
 def test_time_budget_stops_after_the_crossing_epoch(tmp_path, fmnist_dir):
     m = train(small_cfg(tmp_path / "r", fmnist_dir, epochs=5, time_budget=0.001), log=lambda _: None)
     assert m["epochs_run"] == 1 and m["best_epoch"] == 1
+
+
+def test_force_starts_over_but_keeps_the_previous_best(tmp_path, fmnist_dir):
+    train(small_cfg(tmp_path / "r", fmnist_dir, epochs=1), log=lambda _: None)
+    old = (tmp_path / "r" / "best.pth").read_bytes()
+    train(small_cfg(tmp_path / "r", fmnist_dir, epochs=1, seed=5, force=True), log=lambda _: None)
+    assert (tmp_path / "r" / "previous-best.pth").read_bytes() == old
+    assert load_checkpoint(tmp_path / "r" / "best.pth")["split"]["seed"] == 5

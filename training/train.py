@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
@@ -299,8 +300,10 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             for stale in self.out.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
-            if cfg.force:
-                for f in ("best.pth", "last.pth", "history.json", "history.csv", "metrics.json", "curves.png", "confusion.png"):
+            if cfg.force:  # start over, but keep the previous run's best checkpoint rather than destroying it
+                if (self.out / "best.pth").exists():
+                    os.replace(self.out / "best.pth", self.out / "previous-best.pth")
+                for f in ("last.pth", "history.json", "history.csv", "metrics.json", "curves.png", "confusion.png"):
                     (self.out / f).unlink(missing_ok=True)
             atomic_write_json(self.out / "run.json", {**cfg.run_identity(), "out": str(self.out)})
 
