@@ -87,7 +87,7 @@ def test_best_checkpoint_is_the_best_epoch(tmp_path, fmnist_dir):
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, fmnist_dir):
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "lenet_export", "train", "--dataset", "fashion-mnist", "--model",
-            "lenet-modern", "--epochs", "3", "--batch-size", "256", "--lr", "0.003", "--train-limit", "3000",
+            "lenet-modern", "--epochs", "3", "--batch-size", "256", "--lr", "0.003", "--train-limit", "6000",
             "--data-dir", str(fmnist_dir), "--out", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -103,7 +103,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, fmnist_dir):
     assert r.exit_code == 0, r.output
     assert "resuming" in r.stdout
     ref2 = tmp_path / "ref2"
-    train(small_cfg(ref2, fmnist_dir, epochs=3, model="lenet-modern"), log=lambda _: None)
+    train(small_cfg(ref2, fmnist_dir, epochs=3, model="lenet-modern", train_limit=6000), log=lambda _: None)
     for name in ("best.pth", "last.pth"):
         a = load_checkpoint(out / name)["state_dict"]
         b = load_checkpoint(ref2 / name)["state_dict"]
