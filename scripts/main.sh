@@ -7,8 +7,13 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[plot]"
+echo "installing lenet-export[plot] into .venv (log: .venv/install.log)"
+# pip and setuptools chatter goes to the log; it is shown only if the install fails.
+if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".[plot]"; } \
+     > .venv/install.log 2>&1; then
+  cat .venv/install.log >&2
+  exit 1
+fi
 
 # Data: Debian's package where apt is usable (these machines have no internet), else torchvision's
 # download (md5-checked) on a connected machine.
