@@ -68,7 +68,7 @@ class Classifier:
         if not path.is_file():
             raise ModelMetadataError(f"model file {path} does not exist")
         opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # a CUDA provider that cannot start falls back quietly; .provider says what ran
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers or default_providers())
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
