@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .fsutil import atomic_write
 from .models import build_model
 
@@ -49,14 +49,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling failed"
         if "weights_only" in str(e) or "Weights only" in str(e):
             raise CheckpointError(f"{path} holds Python objects that weights_only loading refuses; "
                                   "it is not a lenet-export checkpoint") from None
-        raise CheckpointError(f"{path} is not a readable checkpoint ({first})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({first_line(e)})") from None
     except Exception as e:  # torch.load on arbitrary bytes raises RuntimeError, EOFError, KeyError, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is truncated or not a checkpoint ({first})") from None
+        raise CheckpointError(f"{path} is truncated or not a checkpoint ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a lenet-export checkpoint (no '{FORMAT}' format tag)")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
@@ -74,8 +72,7 @@ def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"weights do not fit the recorded architecture {ckpt['model']!r}: {first}") from None
+        raise CheckpointError(f"weights do not fit the recorded architecture {ckpt['model']!r}: {first_line(e)}") from None
     return model.eval()
 
 

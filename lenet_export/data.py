@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DataError
+from .errors import DataError, first_line
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -150,8 +150,7 @@ def _download_errors(name: str, data_dir: Path):
     except DataError:
         raise
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(f"download of {name} failed ({first}); {how_to_get(name, data_dir)}") from None
+        raise DataError(f"download of {name} failed ({first_line(e)}); {how_to_get(name, data_dir)}") from None
 
 
 def _load_fmnist(data_dir: Path, train: bool, download: bool) -> Split:

@@ -1,6 +1,12 @@
 """Typed errors. The CLI turns each into a one-line message and a non-zero exit."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none), for one-line errors."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 class LenetExportError(Exception):
     """Base class: a problem the user can fix (bad input, missing data, bad files)."""
 

@@ -29,7 +29,7 @@ from torch import nn
 from . import __version__
 from .checkpoint import load_checkpoint, model_from_checkpoint, recorded_data_dir
 from .data import load_split, normalize
-from .errors import ConfigError, ExportError
+from .errors import ConfigError, ExportError, first_line
 from .fsutil import sha256_file, staged_dir
 
 EXPORTERS = ("dynamo", "torchscript")
@@ -92,6 +92,11 @@ def raw_layout(ckpt: dict) -> tuple[str, list]:
     return ("NHW", ["N", h, w]) if c == 1 else ("NHWC", ["N", h, w, c])
 
 
+def to_raw_layout(images: torch.Tensor) -> torch.Tensor:
+    """uint8 N x C x H x W -> what model.raw.onnx takes: N x H x W (grey) or N x H x W x C (colour)."""
+    return images[:, 0] if images.shape[1] == 1 else images.permute(0, 2, 3, 1).contiguous()
+
+
 def build_metadata(ckpt: dict, checkpoint_sha256: str, opts: ExportOptions) -> dict:
     import onnx
 
@@ -152,8 +157,7 @@ def _to_onnx(module: nn.Module, sample: torch.Tensor, path: Path, input_name: st
                                   input_names=[input_name], output_names=output_names, dynamic_axes=axes)
                 proto = onnx.load_from_string(buf.getvalue())
     except Exception as e:  # exporter internals raise many types; report the first line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ExportError(f"{opts.exporter} export failed: {first}") from None
+        raise ExportError(f"{opts.exporter} export failed: {first_line(e)}") from None
     proto.doc_string = f"lenet-export {meta['model_name']} trained on {meta['dataset']}"
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, metadata_props(meta))
@@ -161,7 +165,7 @@ def _to_onnx(module: nn.Module, sample: torch.Tensor, path: Path, input_name: st
         onnx.checker.check_model(proto, full_check=True)
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ExportError(f"{path.name} fails the ONNX checker: {str(e).splitlines()[0]}") from None
+        raise ExportError(f"{path.name} fails the ONNX checker: {first_line(e)}") from None
     onnx.save_model(proto, str(path), save_as_external_data=False)
 
 
@@ -199,11 +203,11 @@ def ort_session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def check_artefacts(folder: Path, model: nn.Module, raw: nn.Module, images: torch.Tensor, ckpt: dict,
+def check_artefacts(folder: Path, model: nn.Module, images: torch.Tensor, ckpt: dict,
                     with_torchscript: bool) -> dict[str, float]:
     """Max |logit difference| of each fresh artefact against eager PyTorch on real images."""
     x = normalize(images, ckpt["mean"], ckpt["std"])
-    raw_in = images[:, 0] if images.shape[1] == 1 else images.permute(0, 2, 3, 1).contiguous()
+    raw_in = to_raw_layout(images)
     with torch.inference_mode():
         ref = model(x).numpy()
     diffs = {
@@ -254,7 +258,7 @@ def export(checkpoint: str | Path, opts: ExportOptions, log=print) -> ExportResu
 
         gi = golden_indices(test.labels)
         gx = normalize(test.images[gi], ckpt["mean"], ckpt["std"])
-        graw = test.images[gi][:, 0] if c == 1 else test.images[gi].permute(0, 2, 3, 1).contiguous()
+        graw = to_raw_layout(test.images[gi])
         with torch.inference_mode():
             glogits = model(gx)
             rlogits, rprobs = raw(graw)
@@ -264,7 +268,7 @@ def export(checkpoint: str | Path, opts: ExportOptions, log=print) -> ExportResu
         (tmp / METADATA_FILE).write_text(json.dumps({**meta, "torchscript_method": result.torchscript_method,
                                                      "golden_test_indices": gi.tolist()}, indent=2) + "\n")
 
-        result.max_abs_diff = check_artefacts(tmp, model, raw, images, ckpt, opts.torchscript)
+        result.max_abs_diff = check_artefacts(tmp, model, images, ckpt, opts.torchscript)
         for name, d in result.max_abs_diff.items():
             log(f"check {name:<12} max |logit diff| vs eager on {len(images)} test images: {d:.3e} "
                 f"(tolerance {EXPORT_ATOL:g})")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LenetExportError, RuntimeInputError
+from .errors import LenetExportError, RuntimeInputError, first_line
 
 REQUIRED_METADATA = ("classes", "mean", "std", "input_shape", "input_name", "input_dtype")
 
@@ -72,7 +72,7 @@ class Classifier:
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers or default_providers())
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-            raise ModelMetadataError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0]}") from None
+            raise ModelMetadataError(f"onnxruntime cannot load {path}: {first_line(e)}") from None
         props = self.session.get_modelmeta().custom_metadata_map
         missing = [k for k in REQUIRED_METADATA if k not in props]
         if missing:

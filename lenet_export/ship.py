@@ -28,7 +28,7 @@ def ship(dataset: str, data_dir: str | None, root: Path = Path("exported"), runs
     from .export import ExportOptions, export
     from .models import DEFAULT_MODEL
     from .training.train import TrainConfig, train
-    from .verify import CPU_BACKENDS, CUDA_BACKENDS, VerifyOptions, verify
+    from .verify import BACKENDS, VerifyOptions, verify
 
     model = DEFAULT_MODEL[dataset]
     run = runs / f"ship-{dataset}"
@@ -38,7 +38,7 @@ def ship(dataset: str, data_dir: str | None, root: Path = Path("exported"), runs
     for name in ("best.pth", "metrics.json", "history.csv"):
         shutil.copy2(run / name, out / name)
     report = verify(VerifyOptions(exported=out, checkpoint=out / "best.pth", data_dir=data_dir,
-                                  backends=CPU_BACKENDS + CUDA_BACKENDS, report=out / "verify.json"), log=log)
+                                  backends=BACKENDS, report=out / "verify.json"), log=log)
     if not report["passed"]:
         raise ParityError(f"shipped model in {out} fails verify; see {out / 'verify.json'}")
     atomic_write_text(out / "MODEL_CARD.md", model_card(out))

@@ -4,22 +4,9 @@
 # Re-running it resumes/finishes the run in runs/fashion-mnist and re-exports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-echo "installing lenet-export[plot] into .venv (log: .venv/install.log)"
-# pip and setuptools chatter goes to the log; it is shown only if the install fails.
-if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".[plot]"; } \
-     > .venv/install.log 2>&1; then
-  cat .venv/install.log >&2
-  exit 1
-fi
-
-# Data: Debian's package where apt is usable (these machines have no internet), else torchvision's
-# download (md5-checked) on a connected machine.
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 || true
-fi
+bash scripts/install.sh plot
+# Data: Debian's package (installed above where apt is usable; these machines have no internet), else
+# torchvision's download (md5-checked) on a connected machine.
 .venv/bin/lenet-export data --dataset fashion-mnist --download
 
 RUN=runs/fashion-mnist
