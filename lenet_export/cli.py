@@ -136,35 +136,23 @@ def verify(
                                                             "default: <exported>/best.pth.")] = None,
     data_dir: DataDir = None,
     dataset: Annotated[Optional[str], typer.Option(help="Test set to use; default: the checkpoint's.")] = None,
-    backends: Annotated[str, typer.Option(help="Comma-separated: torch-cpu, torchscript-cpu, ort-cpu, ort-cuda, "
-                                               "torch-cuda, torchscript-cuda.")] = "all",
+    backends: Annotated[str, typer.Option(help="Comma-separated backend names (see the README), or all.")] = "all",
     atol: Annotated[float, typer.Option(help="Absolute logit tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative logit tolerance.")] = 1e-4,
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
     require_cuda: Annotated[bool, typer.Option(help="Fail when a CUDA backend cannot run.")] = False,
 ):
     """Check that every runtime gives the checkpoint's logits and accuracy on the whole test set."""
-    from rich.markup import escape
+    from .parity import Tolerance
+    from .ui import print_report
+    from .verify import VerifyOptions, verify as run_verify
 
-    from .verify import BACKENDS, Tolerance, VerifyOptions, verify as run_verify
-    from .ui import console, fail, ran_on, verify_table
-
-    names = BACKENDS if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
+    names = None if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
     rep = run_verify(VerifyOptions(exported=exported, checkpoint=checkpoint, data_dir=str(data_dir) if data_dir else None,
                                    dataset=dataset, backends=names, tolerance=Tolerance(atol, rtol),
                                    require_cuda=require_cuda, report=report), log=lambda _: None)
-    console.print(verify_table(rep))
-    for name, e in rep["backends"].items():
-        if "runtime" in e:
-            console.print(f"{name} ran on: {escape(ran_on(e))}")
-        for f in e.get("failures", []):
-            console.print(f"[bold red]FAIL[/] {name}: {escape(f)}")
-        if e["status"] == "skipped":
-            console.print(f"[yellow]skipped[/] {name}: {escape(e['reason'])}")
-    if not rep["passed"]:
-        failed = [n for n, e in rep["backends"].items() if e["status"] == "failed"]
-        fail(f"parity failed for {', '.join(failed)}", 1)
-    console.print("[green]parity passed[/]" + (f"; report: {report}" if report else ""))
+    print_report(rep, report)
+    rep.check()
 
 
 @app.command()

@@ -309,3 +309,8 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return (images.to(torch.float32) / 255.0 - m) / s
+
+
+def to_raw_layout(images: torch.Tensor) -> torch.Tensor:
+    """uint8 N x C x H x W -> what model.raw.onnx takes: N x H x W (grey) or N x H x W x C (colour)."""
+    return images[:, 0] if images.shape[1] == 1 else images.permute(0, 2, 3, 1).contiguous()

@@ -29,6 +29,10 @@ class ExportError(LenetExportError):
     """Export failed or its artefacts disagree with the checkpoint."""
 
 
+class ArtefactError(LenetExportError):
+    """An exported artefact cannot be read or run (missing, garbage, or the wrong model)."""
+
+
 class ParityError(LenetExportError):
     """A runtime disagrees with the reference beyond tolerance."""
 

@@ -28,19 +28,17 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import load_checkpoint, model_from_checkpoint, recorded_data_dir
-from .data import load_split, normalize
+from .data import load_split, normalize, to_raw_layout
 from .errors import ConfigError, ExportError, first_line
 from .fsutil import sha256_file, staged_dir
+from .metadata import METADATA_FILE, metadata_props, raw_layout
+from .parity import Tolerance
 
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18
-# Export-time check: float32 logits of the same graph in two runtimes differ only by summation order,
-# ~1e-6 relative for these layer sizes; 1e-4 absolute leaves a wide margin while any real defect
-# (a wrong weight, layout or normalisation) moves logits by orders of magnitude more.
-EXPORT_ATOL = 1e-4
+CHECK_BACKENDS = ("ort-cpu", "ort-cpu-raw", "torchscript-cpu")  # run on the fresh artefacts before they are kept
 CHECK_IMAGES = 256  # real test images used for the export-time check
 GOLDEN_PER_CLASS = 1  # golden test data: the first test image of each class
-METADATA_FILE = "metadata.json"
 
 
 def opset_range(exporter: str) -> tuple[int, int]:
@@ -87,21 +85,11 @@ class RawInputModel(nn.Module):
         return logits, torch.softmax(logits, dim=1)
 
 
-def raw_layout(ckpt: dict) -> tuple[str, list]:
-    c, h, w = ckpt["input_shape"]
-    return ("NHW", ["N", h, w]) if c == 1 else ("NHWC", ["N", h, w, c])
-
-
-def to_raw_layout(images: torch.Tensor) -> torch.Tensor:
-    """uint8 N x C x H x W -> what model.raw.onnx takes: N x H x W (grey) or N x H x W x C (colour)."""
-    return images[:, 0] if images.shape[1] == 1 else images.permute(0, 2, 3, 1).contiguous()
-
-
 def build_metadata(ckpt: dict, checkpoint_sha256: str, opts: ExportOptions) -> dict:
     import onnx
 
     c, h, w = ckpt["input_shape"]
-    raw_name, raw_shape = raw_layout(ckpt)
+    raw_name, raw_shape = raw_layout(ckpt["input_shape"])
     return {
         "lenet_export_version": __version__,
         "model_name": ckpt["model"],
@@ -129,11 +117,6 @@ def build_metadata(ckpt: dict, checkpoint_sha256: str, opts: ExportOptions) -> d
         "exporter": opts.exporter,
         "opset": opts.opset,
     }
-
-
-def metadata_props(meta: dict) -> dict[str, str]:
-    """ONNX metadata_props values are strings: scalars as text, lists and dicts as JSON."""
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
 
 def _to_onnx(module: nn.Module, sample: torch.Tensor, path: Path, input_name: str, output_names: list[str],
@@ -195,33 +178,23 @@ def golden_indices(labels: torch.Tensor, per_class: int = GOLDEN_PER_CLASS) -> t
     return torch.cat([torch.nonzero(labels == c).flatten()[:per_class] for c in range(int(labels.max()) + 1)])
 
 
-def ort_session(path: Path):
-    import onnxruntime as ort
+def check_artefacts(folder: Path, ckpt: dict, checkpoint_sha256: str, images: torch.Tensor, labels: torch.Tensor,
+                    with_torchscript: bool) -> dict[str, "BackendResult"]:
+    """The fresh artefacts against eager PyTorch on real images, by verify's own backends and parity rules."""
+    from .metadata import check_metadata
+    from .verify import Context, Inputs, evaluate, requested
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def check_artefacts(folder: Path, model: nn.Module, images: torch.Tensor, ckpt: dict,
-                    with_torchscript: bool) -> dict[str, float]:
-    """Max |logit difference| of each fresh artefact against eager PyTorch on real images."""
-    x = normalize(images, ckpt["mean"], ckpt["std"])
-    raw_in = to_raw_layout(images)
-    with torch.inference_mode():
-        ref = model(x).numpy()
-    diffs = {
-        "onnx": float(np.abs(ort_session(folder / "model.onnx").run(["logits"], {"input": x.numpy()})[0] - ref).max()),
-        "onnx-raw": float(np.abs(ort_session(folder / "model.raw.onnx").run(["logits"], {"images": raw_in.numpy()})[0]
-                                 - ref).max()),
-    }
-    if with_torchscript:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ts = torch.jit.load(str(folder / "model.pt"))
-            with torch.inference_mode():
-                diffs["torchscript"] = float(np.abs(ts(x).numpy() - ref).max())
-    return diffs
+    inputs = Inputs(normalize(images, ckpt["mean"], ckpt["std"]).numpy(), to_raw_layout(images).numpy(), labels.numpy())
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    ctx = Context(folder, meta, ckpt)
+    results, ref = {}, None
+    for b in requested(CHECK_BACKENDS if with_torchscript else CHECK_BACKENDS[:-1]):
+        results[b.name], logits = evaluate(b, ctx, inputs, ref, Tolerance(), measure=False)
+        ref = logits if ref is None else ref
+    md = check_metadata(folder, ckpt, checkpoint_sha256, torchscript=with_torchscript)
+    if not md.passed:
+        raise ExportError(f"exported metadata disagrees with the checkpoint: {md.failures[0]}")
+    return results
 
 
 def export(checkpoint: str | Path, opts: ExportOptions, log=print) -> ExportResult:
@@ -241,7 +214,7 @@ def export(checkpoint: str | Path, opts: ExportOptions, log=print) -> ExportResu
     test = load_split(ckpt["dataset"], train=False, data_dir=opts.data_dir or recorded_data_dir(ckpt))
     if list(test.images.shape[1:]) != list(ckpt["input_shape"]):
         raise ConfigError(f"test images are {tuple(test.images.shape[1:])}, the model expects {tuple(ckpt['input_shape'])}")
-    images = test.images[:CHECK_IMAGES]
+    images, labels = test.images[:CHECK_IMAGES], test.labels[:CHECK_IMAGES]
     raw = RawInputModel(model, ckpt["mean"], ckpt["std"]).eval()
     c, h, w = ckpt["input_shape"]
     sample = torch.zeros(2, c, h, w)
@@ -268,14 +241,17 @@ def export(checkpoint: str | Path, opts: ExportOptions, log=print) -> ExportResu
         (tmp / METADATA_FILE).write_text(json.dumps({**meta, "torchscript_method": result.torchscript_method,
                                                      "golden_test_indices": gi.tolist()}, indent=2) + "\n")
 
-        result.max_abs_diff = check_artefacts(tmp, model, images, ckpt, opts.torchscript)
-        for name, d in result.max_abs_diff.items():
-            log(f"check {name:<12} max |logit diff| vs eager on {len(images)} test images: {d:.3e} "
-                f"(tolerance {EXPORT_ATOL:g})")
-        bad = {k: d for k, d in result.max_abs_diff.items() if not d <= EXPORT_ATOL}
+        checks = check_artefacts(tmp, ckpt, meta["checkpoint_sha256"], images, labels, opts.torchscript)
+        tol = Tolerance()
+        for name, r in list(checks.items())[1:]:
+            if r.logits is not None:
+                result.max_abs_diff[name] = r.logits.max_abs
+                log(f"check {name:<16} max |logit diff| vs eager on {len(images)} test images: {r.logits.max_abs:.3e} "
+                    f"(atol {tol.atol:g} rtol {tol.rtol:g}) {r.status}")
+        bad = {n: r for n, r in checks.items() if r.status != "passed"}
         if bad:
             raise ExportError("exported model disagrees with the checkpoint: "
-                              + ", ".join(f"{k} max |diff| {d:.3e} > {EXPORT_ATOL:g}" for k, d in bad.items())
+                              + "; ".join(f"{n}: {r.failures[0] if r.failures else r.reason}" for n, r in bad.items())
                               + f"; nothing written to {out}")
         result.files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     return result

@@ -11,13 +11,15 @@ model's metadata) and with ``model.raw.onnx`` (uint8 input, normalisation inside
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import LenetExportError, RuntimeInputError, first_line
+from .errors import ArtefactError, LenetExportError, RuntimeInputError
+from .metadata import parse_prop
+from .parity import softmax
+from .ort_session import open_session
 
 REQUIRED_METADATA = ("classes", "mean", "std", "input_shape", "input_name", "input_dtype")
 
@@ -38,47 +40,25 @@ class Prediction:
         return self.class_names[i], float(self.probabilities[i, self.labels[i]])
 
 
-def _parse_prop(v: str):
-    """metadata_props are strings; lenet-export stores lists and numbers as JSON, text as itself."""
-    try:
-        return json.loads(v)
-    except ValueError:
-        return v
-
-
 def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def default_providers() -> list[str]:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return softmax(z).astype(np.float32)
 
 
 class Classifier:
     """An exported lenet-export ONNX model with its metadata (classes, input geometry, normalisation)."""
 
     def __init__(self, path: str | Path, providers: list | None = None):
-        import onnxruntime as ort
-
         path = Path(path)
-        if not path.is_file():
-            raise ModelMetadataError(f"model file {path} does not exist")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 4  # a CUDA provider that cannot start falls back quietly; .provider says what ran
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=providers or default_providers())
-        except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-            raise ModelMetadataError(f"onnxruntime cannot load {path}: {first_line(e)}") from None
+        try:  # a CUDA provider that cannot start falls back quietly (log level 4); .provider says what ran
+            self.session = open_session(path, "auto", providers=providers, log_level=4)
+        except ArtefactError as e:
+            raise ModelMetadataError(str(e)) from None
         props = self.session.get_modelmeta().custom_metadata_map
         missing = [k for k in REQUIRED_METADATA if k not in props]
         if missing:
             raise ModelMetadataError(f"{path} lacks the metadata lenet-export writes ({', '.join(missing)}); "
                                      "expected a model exported by `lenet-export onnx`")
-        self.metadata = {k: _parse_prop(v) for k, v in props.items()}
+        self.metadata = {k: parse_prop(v) for k, v in props.items()}
         bad = [k for k in ("classes", "mean", "std", "input_shape") if not isinstance(self.metadata[k], list)]
         if bad or len(self.metadata["mean"]) != len(self.metadata["std"]):
             raise ModelMetadataError(f"{path} has malformed metadata ({', '.join(bad) or 'mean/std'})")

@@ -11,9 +11,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ParityError
 from .fsutil import atomic_write_text
+
+if TYPE_CHECKING:
+    from .report import Report
 
 SOURCE_NOTE = {
     "jpeg-image-folder": "Trained and tested on the JPEG copy of CIFAR-10 (all 60,000 real images re-encoded as JPEG, quality ~75); "
@@ -28,7 +32,7 @@ def ship(dataset: str, data_dir: str | None, root: Path = Path("exported"), runs
     from .export import ExportOptions, export
     from .models import DEFAULT_MODEL
     from .training.train import TrainConfig, train
-    from .verify import BACKENDS, VerifyOptions, verify
+    from .verify import VerifyOptions, verify
 
     model = DEFAULT_MODEL[dataset]
     run = runs / f"ship-{dataset}"
@@ -38,25 +42,26 @@ def ship(dataset: str, data_dir: str | None, root: Path = Path("exported"), runs
     for name in ("best.pth", "metrics.json", "history.csv"):
         shutil.copy2(run / name, out / name)
     report = verify(VerifyOptions(exported=out, checkpoint=out / "best.pth", data_dir=data_dir,
-                                  backends=BACKENDS, report=out / "verify.json"), log=log)
-    if not report["passed"]:
-        raise ParityError(f"shipped model in {out} fails verify; see {out / 'verify.json'}")
-    atomic_write_text(out / "MODEL_CARD.md", model_card(out))
+                                  report=out / "verify.json"), log=log)
+    try:
+        report.check()
+    except ParityError as e:
+        raise ParityError(f"shipped model in {out} fails verify ({e}); see {out / 'verify.json'}") from None
+    atomic_write_text(out / "MODEL_CARD.md", model_card(out, report))
     log(f"shipped {out}")
     return out
 
 
-def model_card(folder: Path) -> str:
+def model_card(folder: Path, rep: "Report") -> str:
     meta = json.loads((folder / "metadata.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
-    rep = json.loads((folder / "verify.json").read_text())
-    ran = {k: v for k, v in rep["backends"].items() if v["status"] != "skipped"}
-    skipped = {k: v["reason"] for k, v in rep["backends"].items() if v["status"] == "skipped"}
+    ran = {k: v for k, v in rep.backends.items() if v.ran}
+    skipped = {k: v.reason for k, v in rep.backends.items() if v.status == "skipped"}
     c = len(meta["mean"])
     raw_shape = "N x H x W" if c == 1 else "N x H x W x 3"
     rows = "\n".join(
-        f"| {k} | {v['status']} | {v['accuracy']:.4f} | {v['logits']['max_abs']:.1e} | {v['argmax_agree']}/{rep['samples']} "
-        f"| {v['batch_invariance']['max_abs_diff']:.1e} | {v['latency_ms_batch1']['median']:.3f} | {v['throughput_img_s']:,.0f} |"
+        f"| {k} | {v.status} | {v.accuracy:.4f} | {v.logits.max_abs:.1e} | {v.argmax_agree}/{rep.samples} "
+        f"| {v.batch_invariance.max_abs_diff:.1e} | {v.timing.latency_ms_batch1['median']:.3f} | {v.timing.throughput_img_s:,.0f} |"
         for k, v in ran.items())
     skipped_txt = "\n".join(f"- {k}: skipped ({r})" for k, r in skipped.items()) or "- none"
     return f"""# {meta['model_name']} on {meta['dataset']}
@@ -76,7 +81,7 @@ Classes: {', '.join(meta['classes'])}.
 | parameters | {metrics['num_parameters']:,} |
 | training time | {metrics['train_seconds']:.0f} s on the machine that built it (2 CPU cores) |
 
-## Parity (`lenet-export verify`, whole test set, tolerance atol {rep['tolerance']['atol']:g} rtol {rep['tolerance']['rtol']:g})
+## Parity (`lenet-export verify`, whole test set, tolerance atol {rep.tolerance.atol:g} rtol {rep.tolerance.rtol:g})
 | backend | status | accuracy | max abs logit diff | argmax agree | batch 1/2/7/1000 max diff | latency b1 (ms) | img/s (b1000) |
 |---|---|---|---|---|---|---|---|
 {rows}

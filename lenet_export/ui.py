@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from .report import BackendResult, Report
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 # Without a terminal rich assumes 80 columns; reports and logs read better wider.
@@ -41,36 +44,66 @@ def fail(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def verify_table(report: dict):
-    """The parity report as a rich table."""
+def verify_table(rep: "Report"):
+    """The parity report as a rich table; a backend that did not run shows its reason in the last column."""
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"parity: {report['model']} on {report['dataset']}, {report['samples']} test images "
-                    f"({report['data_source']}), atol {report['tolerance']['atol']:g} rtol {report['tolerance']['rtol']:g}",
-              title_justify="left")
-    for col in ("backend", "status", "accuracy", "max|Δ|", "p99|Δ|", "max rel", "agree", "batch-inv|Δ|",
-                "b1 ms", "img/s"):
+    tol = rep.tolerance
+    t = Table(title=f"parity: {rep.model} on {rep.dataset}, {rep.samples} test images ({rep.data_source}), "
+                    f"atol {tol.atol:g} rtol {tol.rtol:g}", title_justify="left")
+    for col in ("backend", "status", "accuracy", "max|Δ|", "p99|Δ|", "agree", "batch-inv|Δ|", "b1 ms", "img/s"):
         t.add_column(col, no_wrap=True, justify="left" if col in ("backend", "status") else "right")
+    t.add_column("note", overflow="ellipsis", no_wrap=True, max_width=28)  # full reasons follow the table
     style = {"passed": "green", "failed": "bold red", "skipped": "yellow"}
-    for name, e in report["backends"].items():
-        st = f"[{style[e['status']]}]{e['status']}[/]"
-        if "logits" not in e:
-            t.add_row(name, st, *["-"] * 8)
+    for name, r in rep.backends.items():
+        st = f"[{style[r.status]}]{r.status}[/]"
+        note = escape(r.reason or (r.failures[0] if r.failures else ""))
+        if not r.ran:
+            t.add_row(name, st, *["-"] * 7, note)
             continue
-        lg = e["logits"]
-        t.add_row(name, st, f"{e['accuracy']:.4f}", f"{lg['max_abs']:.1e}", f"{lg['p99_abs']:.1e}",
-                  f"{lg['max_rel']:.1e}", f"{e['argmax_agree']}/{report['samples']}",
-                  f"{e['batch_invariance']['max_abs_diff']:.1e}", f"{e['latency_ms_batch1']['median']:.3f}",
-                  f"{e['throughput_img_s']:,.0f}")
+        lg, tm = r.logits, r.timing
+        t.add_row(name, st, f"{r.accuracy:.4f}", f"{lg.max_abs:.1e}", f"{lg.p99_abs:.1e}",
+                  f"{r.argmax_agree}/{rep.samples}", f"{r.batch_invariance.max_abs_diff:.1e}",
+                  f"{tm.latency_ms_batch1['median']:.3f}" if tm else "-", f"{tm.throughput_img_s:,.0f}" if tm else "-",
+                  note)
     return t
 
 
-def ran_on(entry: dict) -> str:
+def ran_on(r: "BackendResult") -> str:
     """What actually ran a backend, in one line."""
-    rt = entry.get("runtime", {})
+    rt = r.runtime
     parts = [f"onnxruntime {rt['onnxruntime']}, providers {rt['providers']}" if "onnxruntime" in rt
              else f"torch {rt.get('torch')}, {rt.get('threads', '?')} threads"]
     parts.append(rt.get("device", "?"))
     if "tf32" in rt:
         parts.append(f"TF32 {'on' if rt['tf32'] else 'off'}")
     return "; ".join(parts)
+
+
+def print_report(rep: "Report", path=None) -> None:
+    """Table, what ran, failures, metadata, flips between backends, verdict line."""
+    from rich.markup import escape
+
+    console.print(verify_table(rep))
+    for name, r in rep.backends.items():
+        if r.runtime:
+            console.print(f"{name} ran on: {escape(ran_on(r))}")
+        for f in r.failures:
+            console.print(f"[bold red]FAIL[/] {name}: {escape(f)}")
+        if r.status == "skipped":
+            console.print(f"[yellow]skipped[/] {name}: {escape(r.reason or '')}")
+    md = rep.metadata
+    if md.passed:
+        console.print(f"metadata: {len(md.files)} copies agree with the checkpoint ({', '.join(md.files)})")
+    for f in md.failures:
+        console.print(f"[bold red]FAIL[/] metadata: {escape(f)}")
+    pw = rep.pairwise
+    if pw and pw.flips:
+        for pair, idx in pw.flips.items():
+            console.print(f"class flips {pair}: samples {', '.join(map(str, idx[:20]))}"
+                          + (" ..." if len(idx) > 20 else ""))
+    elif pw:
+        console.print(f"no sample changes class between any two of the {len(pw.backends)} backends that ran")
+    if rep.passed:
+        console.print("[green]parity passed[/]" + (f"; report: {path}" if path else ""))

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from conftest import REPO, data_dir_for
-from lenet_export.verify import CPU_BACKENDS, VerifyOptions, verify
+from lenet_export import backends as registry
+from lenet_export.verify import VerifyOptions, verify
 
 SHIPPED = {"fashion-mnist": REPO / "exported" / "fashion-mnist-lenet-modern",
            "cifar10": REPO / "exported" / "cifar10-lenet-modern-cifar"}
@@ -24,15 +25,18 @@ def test_shipped_folder_is_complete(dataset):
     assert f"{metrics['test_acc']:.4f}" in card
     if dataset == "cifar10":
         assert metrics["data_source"] == "jpeg-image-folder" and "JPEG copy" in card
-    assert json.loads((folder / "verify.json").read_text())["passed"] is True
+    rep = json.loads((folder / "verify.json").read_text())
+    assert rep["passed"] is True and rep["report_format"] == 2
+    assert {"ort-cpu-raw", "torchscript-cpu", "ort-cpu"} <= {n for n, b in rep["backends"].items() if b["status"] == "passed"}
 
 
 @pytest.mark.parametrize("dataset", list(SHIPPED))
 def test_shipped_models_pass_verify_on_the_real_test_set(dataset, request):
     folder = SHIPPED[dataset]
-    rep = verify(VerifyOptions(exported=folder, data_dir=str(data_dir_for(dataset, request)), backends=CPU_BACKENDS),
-                 log=lambda _: None)
-    assert rep["passed"], {k: v.get("failures") for k, v in rep["backends"].items()}
+    rep = verify(VerifyOptions(exported=folder, data_dir=str(data_dir_for(dataset, request)),
+                               backends=registry.names("cpu")), log=lambda _: None)
+    assert rep.passed, rep.problems
+    assert rep.backends["ort-cpu-raw"].status == "passed" and rep.metadata.passed
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert rep["reference_accuracy"] == pytest.approx(metrics["test_acc"], abs=1e-6)
-    assert rep["reference_accuracy"] >= (0.915 if dataset == "fashion-mnist" else 0.75)
+    assert rep.reference_accuracy == pytest.approx(metrics["test_acc"], abs=1e-6)
+    assert rep.reference_accuracy >= (0.915 if dataset == "fashion-mnist" else 0.75)

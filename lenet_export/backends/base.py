@@ -1,0 +1,85 @@
+"""What a backend is: one runtime running one artefact. Each module in this package defines some.
+
+A backend says which artefact and package it needs and on which device it runs, and ``open`` returns a
+``Runner``: a function from one input batch to the artefact's outputs (logits first), plus what actually ran.
+A backend that cannot run on this machine raises ``Skip`` with the reason (and the install command where a
+package is missing); one that runs on something other than it claims raises ``Fallback``. Any other
+exception from ``open`` or ``run`` fails the backend with its first line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+class Skip(Exception):
+    """The backend cannot run on this machine; the message says why."""
+
+
+class Fallback(Exception):
+    """The backend runs, but not on what it claims (e.g. ONNX Runtime CUDA fell back to CPU)."""
+
+
+FLOAT, UINT8 = "float", "uint8"  # float: normalised N x C x H x W; uint8: decoded images (model.raw.onnx layout)
+
+
+@dataclass
+class Context:
+    """What a backend may use: the export folder, its metadata and the checkpoint it came from."""
+
+    exported: Path
+    metadata: dict
+    checkpoint: dict
+
+    def artefact(self, name: str) -> Path:
+        path = self.exported / name
+        if not path.is_file():
+            raise FileNotFoundError(f"missing artefact {name} in {self.exported}")
+        return path
+
+
+@dataclass
+class Runner:
+    run: Callable[[np.ndarray], list[np.ndarray]]  # one batch -> outputs, logits first
+    runtime: dict  # what actually ran: package version, providers, device, threads, TF32
+    sync: Callable[[], None] = lambda: None  # wait for asynchronous devices before reading a clock
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    artefact: str | None  # file in the export folder; None: the checkpoint itself
+    package: str  # import name of the runtime it needs
+    install: str  # how to get that package
+    open: Callable[[Context], Runner] = field(compare=False, repr=False)
+    device: str = "cpu"
+    input: str = FLOAT
+
+    def require_package(self) -> None:
+        if importlib.util.find_spec(self.package) is None:
+            raise Skip(f"{self.package} is not installed ({self.install})")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cuda_device() -> str:
+    """The CUDA device's name, or ``Skip`` when there is none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise Skip("no CUDA device: torch.cuda.is_available() is False")
+    return torch.cuda.get_device_name(0)

@@ -1,0 +1,54 @@
+"""Eager PyTorch on the checkpoint: ``torch-cpu`` (the reference every other backend is judged against)
+and ``torch-cuda`` (TF32 off)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Backend, Context, Runner, cpu_name, cuda_device
+
+INSTALL = "pip install lenet-export (torch is a core dependency)"
+
+
+def tf32_off() -> dict:
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    return {"tf32": False, "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32}
+
+
+def module_runner(module, device: str) -> Runner:
+    """A Runner for any torch module (eager, TorchScript, ExportedProgram.module()) on ``device``."""
+    import torch
+
+    module = module.to(device).eval()
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        with torch.inference_mode():
+            out = module(torch.from_numpy(x).to(device))
+        return [o.float().cpu().numpy() for o in (out if isinstance(out, (tuple, list)) else [out])]
+
+    info = {"torch": str(torch.__version__), "threads": torch.get_num_threads(),
+            "device": cpu_name() if device == "cpu" else cuda_device()}
+    if device == "cuda":
+        info |= tf32_off()
+    return Runner(run, info, torch.cuda.synchronize if device == "cuda" else (lambda: None))
+
+
+def _open(device: str):
+    def open_(ctx: Context) -> Runner:
+        from ..checkpoint import model_from_checkpoint
+
+        if device == "cuda":
+            cuda_device()
+        return module_runner(model_from_checkpoint(ctx.checkpoint), device)
+    return open_
+
+
+BACKENDS = (
+    Backend("torch-cpu", None, "torch", INSTALL, _open("cpu")),
+    Backend("torch-cuda", None, "torch", INSTALL, _open("cuda"), device="cuda"),
+)

@@ -1,0 +1,120 @@
+"""The metadata an app reads from the artefacts, and the check that it agrees with the checkpoint.
+
+lenet-export writes the same metadata four times: ``metadata.json``, the ``metadata_props`` of
+``model.onnx`` and ``model.raw.onnx``, and TorchScript's extra file ``metadata.json`` inside ``model.pt``.
+Apps read classes and normalisation from them (``lenet_export.runtime`` does), so each copy must agree with
+the checkpoint: a wrong class list or mean there mislabels every prediction while the logits stay exact.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import first_line
+
+METADATA_FILE = "metadata.json"
+CHECKED_FIELDS = ("classes", "mean", "std", "input_shape", "checkpoint_sha256")
+
+
+def raw_layout(input_shape) -> tuple[str, list]:
+    """Layout and shape of model.raw.onnx's uint8 input for a C x H x W model input."""
+    c, h, w = input_shape
+    return ("NHW", ["N", h, w]) if c == 1 else ("NHWC", ["N", h, w, c])
+
+
+def metadata_props(meta: dict) -> dict[str, str]:
+    """ONNX metadata_props values are strings: scalars as text, lists and dicts as JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+
+
+def parse_prop(v: str):
+    """The inverse of ``metadata_props`` for one value."""
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+@dataclass
+class Mismatch:
+    file: str
+    field: str
+    expected: object
+    found: object
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.field} is {_short(self.found)}, the checkpoint says {_short(self.expected)}"
+
+
+@dataclass
+class MetadataCheck:
+    """The four copies of the metadata against the checkpoint. ``errors``: copies that could not be read."""
+
+    files: list[str] = field(default_factory=list)
+    mismatches: list[Mismatch] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.mismatches and not self.errors
+
+    @property
+    def failures(self) -> list[str]:
+        return [*self.errors, *map(str, self.mismatches)]
+
+
+def _short(v) -> str:
+    s = json.dumps(v) if not isinstance(v, str) else repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def read_onnx_metadata(path: Path) -> dict:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: parse_prop(p.value) for p in model.metadata_props}
+
+
+def read_torchscript_metadata(path: Path) -> dict:
+    import warnings
+
+    import torch
+
+    extra = {METADATA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return json.loads(extra[METADATA_FILE] or "null")
+
+
+def expected(ckpt: dict, checkpoint_sha256: str, raw: bool) -> dict:
+    shape = raw_layout(ckpt["input_shape"])[1] if raw else ["N", *ckpt["input_shape"]]
+    return {"classes": list(ckpt["classes"]), "mean": list(ckpt["mean"]), "std": list(ckpt["std"]),
+            "input_shape": shape, "checkpoint_sha256": checkpoint_sha256}
+
+
+def _compare(name: str, meta, want: dict) -> list[Mismatch]:
+    if not isinstance(meta, dict):
+        return [Mismatch(name, "metadata", "an object", type(meta).__name__)]
+    return [Mismatch(name, k, v, meta.get(k, "<missing>")) for k, v in want.items() if meta.get(k) != v]
+
+
+def check_metadata(exported: Path, ckpt: dict, checkpoint_sha256: str, torchscript: bool = True) -> MetadataCheck:
+    """Compare every copy of the metadata in ``exported`` with the checkpoint; name each differing field."""
+    copies = [(METADATA_FILE, lambda p: json.loads(p.read_text()), False),
+              ("model.onnx", read_onnx_metadata, False), ("model.raw.onnx", read_onnx_metadata, True)]
+    if torchscript:
+        copies.append((f"model.pt:{METADATA_FILE}", lambda p: read_torchscript_metadata(p.parent / "model.pt"), False))
+    check = MetadataCheck()
+    for name, read, raw in copies:
+        path = exported / name.split(":")[0]
+        check.files.append(name)
+        try:
+            meta = read(path)
+        except Exception as e:  # json, onnx and torch raise many types on garbage; report the first line
+            check.errors.append(f"{name}: cannot read its metadata ({first_line(e)})")
+            continue
+        check.mismatches += _compare(name, meta, expected(ckpt, checkpoint_sha256, raw))
+    return check

@@ -1,0 +1,63 @@
+"""ONNX Runtime sessions, set up in one place for export, verify and the embedding runtime (no torch).
+
+    sess = open_session("model.onnx", "cpu")      # or "cuda" (TF32 off), or "auto" (CUDA when available)
+    used_providers(sess)                          # what the session really runs on
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ArtefactError, first_line
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
+
+
+def providers_for(device: str) -> list:
+    """Provider list for a device. ``cuda`` keeps the CPU provider last, as ORT needs for its own
+    fallback; callers that must not fall back check ``used_providers`` (see the ort backends)."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {DEVICES}")
+    cuda = [(CUDA, {"device_id": 0, "use_tf32": 0}), CPU]  # TF32 off: parity needs true float32 matmuls
+    if device == "cuda":
+        return cuda
+    if device == "auto" and CUDA in available_providers():
+        return cuda
+    return [CPU]
+
+
+def open_session(path: str | Path, device: str = "cpu", *, providers: list | None = None, log_level: int = 3):
+    """An ``InferenceSession`` for ``path``; an unreadable or invalid model raises ``ArtefactError`` (one line).
+
+    ``log_level`` 3 (errors only): a CUDA provider that cannot start is detected through ``used_providers``,
+    not by reading ORT's log; 4 silences that too (the embedding runtime reports ``.provider`` instead).
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtefactError(f"{path} does not exist")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = log_level
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers or providers_for(device))
+    except Exception as e:  # onnxruntime raises its own exception types for unreadable or invalid models
+        raise ArtefactError(f"onnxruntime cannot load {path.name}: {first_line(e)}") from None
+
+
+def used_providers(sess) -> list[str]:
+    return list(sess.get_providers())
+
+
+def cuda_tf32(sess) -> bool:
+    """Whether the session's CUDA provider allows TF32 (it must not, for parity)."""
+    opts = sess.get_provider_options().get(CUDA, {})
+    return opts.get("use_tf32", "0") not in ("0", 0, False)

@@ -1,0 +1,196 @@
+"""The parity rules, and nothing else: how one runtime's outputs are judged against the reference's.
+
+Knows no runtime and no file format (numpy only). Used by the export-time check, ``verify`` and ``ship``.
+
+A backend passes when
+  1. every output is finite (no NaN or Inf);
+  2. every logit is within ``atol + rtol * |reference|`` (numpy ``allclose`` semantics);
+  3. its accuracy equals the reference's;
+  4. no sample changes class where the reference's top-1/top-2 margin exceeds ``confident_bound``: twice
+     the 99th percentile of |difference| (at least twice atol). A flip needs a difference of at least half
+     the margin on that sample, so such a flip means that sample's error is far beyond what the runtime does
+     elsewhere; a flip on a near-tie is listed, but is not a defect. (Twice the *max* difference, the
+     earlier rule, can never be exceeded by a flip, so it could not fail.)
+  5. it is batch-invariant: the first samples give the same logits (same tolerance) at batch sizes
+     1, 2, 7 and at the full evaluation batch;
+  6. where the artefact also outputs probabilities, they equal softmax(logits) within the tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Parity tolerance for float32 logits.
+
+    Runtimes compute the same float32 graph with different kernels and summation orders. For these layer
+    sizes (dot products of at most a few thousand terms, logits of magnitude ~10) that moves logits by
+    ~1e-6..1e-5. 1e-4 absolute plus 1e-4 relative leaves ten times that margin, while a real defect (a
+    changed weight, wrong layout or normalisation, TF32 left on) moves logits by 1e-3 or far more.
+    """
+
+    atol: float = 1e-4
+    rtol: float = 1e-4
+
+    def __post_init__(self):
+        for name in ("atol", "rtol"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"--{name} must be a finite number >= 0, got {v}")
+
+    def allows(self, ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Elementwise: is ``out`` within tolerance of ``ref``?"""
+        return np.abs(out.astype(np.float64) - ref.astype(np.float64)) <= self.atol + self.rtol * np.abs(ref)
+
+
+CONFIDENT_MARGIN_FACTOR = 2.0  # rule 4: a flip counts when the reference margin exceeds this x p99 |diff|
+BATCH_INVARIANCE_SIZES = (1, 2, 7)
+BATCH_INVARIANCE_SAMPLES = 70  # the first samples of the split, re-run at each of the sizes above
+
+
+@dataclass
+class LogitStats:
+    max_abs: float
+    mean_abs: float
+    p99_abs: float
+    max_rel: float  # over logits with |reference| > atol: relative error is meaningless near 0
+    within_tolerance: bool
+
+
+@dataclass
+class Flip:
+    """A sample whose top-1 class differs between two runs, with the reference's top-1/top-2 margin."""
+
+    index: int
+    reference_class: int
+    backend_class: int
+    reference_margin: float
+
+
+@dataclass
+class BatchInvariance:
+    batch_sizes: list[int]
+    samples: int
+    max_abs_diff: float
+    passed: bool
+
+
+@dataclass
+class Judgement:
+    """Everything the rules found about one backend's outputs; ``failures`` empty means it passed."""
+
+    accuracy: float
+    logits: LogitStats
+    argmax_agree: int  # samples whose class equals the reference's
+    flips: list[Flip]
+    nonfinite: int
+    failures: list[str] = field(default_factory=list)
+
+
+def compare_logits(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> LogitStats:
+    d = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+    big = np.abs(ref) > tol.atol
+    rel = d[big] / np.abs(ref[big]) if big.any() else np.zeros(1)
+    return LogitStats(max_abs=float(d.max()), mean_abs=float(d.mean()), p99_abs=float(np.percentile(d, 99)),
+                      max_rel=float(rel.max()), within_tolerance=bool(tol.allows(ref, out).all()))
+
+
+def top2_margin(logits: np.ndarray) -> np.ndarray:
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def find_flips(ref: np.ndarray, out: np.ndarray) -> list[Flip]:
+    rp, op = ref.argmax(1), out.argmax(1)
+    margin = top2_margin(ref)
+    return [Flip(int(i), int(rp[i]), int(op[i]), float(margin[i])) for i in np.nonzero(rp != op)[0]]
+
+
+def confident_bound(stats: LogitStats, tol: Tolerance) -> float:
+    return CONFIDENT_MARGIN_FACTOR * max(stats.p99_abs, tol.atol)
+
+
+def confident_flips(flips: list[Flip], bound: float) -> list[Flip]:
+    return [f for f in flips if f.reference_margin > bound]
+
+
+def nonfinite_count(*arrays: np.ndarray) -> int:
+    return int(sum(np.count_nonzero(~np.isfinite(a)) for a in arrays))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def batch_invariance(outs: dict[int, np.ndarray], full: np.ndarray, full_batch: int, tol: Tolerance) -> BatchInvariance:
+    """``outs[b]``: the first samples run at batch size ``b``; ``full``: the same samples from the full pass."""
+    worst, ok = 0.0, True
+    for out in outs.values():
+        ref = full[:len(out)]
+        worst = max(worst, float(np.abs(out.astype(np.float64) - ref).max()))
+        ok &= bool(tol.allows(ref, out).all())
+    samples = len(next(iter(outs.values()))) if outs else 0
+    return BatchInvariance([*outs, full_batch], samples, worst, ok)
+
+
+def judge(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, tol: Tolerance,
+          probabilities: np.ndarray | None = None) -> Judgement:
+    """Rules 1-4 and 6 on one backend's logits (and probabilities, if it has them) against the reference's."""
+    bad = nonfinite_count(out) + (nonfinite_count(probabilities) if probabilities is not None else 0)
+    if bad:  # every other statistic would be NaN: say what is wrong and stop there
+        stats = LogitStats(math.inf, math.inf, math.inf, math.inf, False)
+        classes = np.nan_to_num(out).argmax(1)
+        j = Judgement(float((classes == labels).mean()), stats, int((classes == ref.argmax(1)).sum()), [], bad)
+        j.failures.append(f"{bad} NaN or Inf values in the outputs")
+        return j
+    stats = compare_logits(ref, out, tol)
+    flips = find_flips(ref, out)
+    acc, ref_acc = float((out.argmax(1) == labels).mean()), float((ref.argmax(1) == labels).mean())
+    j = Judgement(acc, stats, len(out) - len(flips), flips, 0)
+    if not stats.within_tolerance:
+        j.failures.append(f"logits differ by up to {stats.max_abs:.3e} (> atol {tol.atol:g} + rtol {tol.rtol:g}*|ref|)")
+    if acc != ref_acc:
+        j.failures.append(f"accuracy {acc:.4f} != reference {ref_acc:.4f}")
+    confident = confident_flips(flips, confident_bound(stats, tol))
+    if confident:
+        j.failures.append(f"{len(confident)} confident predictions changed class (e.g. sample {confident[0].index}, "
+                          f"reference margin {confident[0].reference_margin:.3g})")
+    if probabilities is not None:
+        p_ok = np.abs(probabilities.astype(np.float64) - softmax(out)) <= tol.atol + tol.rtol * np.abs(probabilities)
+        if not p_ok.all():
+            worst = float(np.abs(probabilities - softmax(out)).max())
+            j.failures.append(f"probabilities differ from softmax(logits) by up to {worst:.3e}")
+    return j
+
+
+@dataclass
+class Pairwise:
+    """Backend x backend agreement over the backends that ran."""
+
+    backends: list[str]
+    argmax_agree: list[list[int]]
+    max_abs: list[list[float]]
+    flips: dict[str, list[int]]  # "a | b" -> sample indices whose class differs between a and b
+
+
+def pairwise(outputs: dict[str, np.ndarray], max_listed: int = 50) -> Pairwise:
+    names = list(outputs)
+    classes = {n: o.argmax(1) for n, o in outputs.items()}
+    agree = [[int((classes[a] == classes[b]).sum()) for b in names] for a in names]
+    diff = [[float(np.abs(outputs[a].astype(np.float64) - outputs[b]).max()) for b in names] for a in names]
+    flips = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            idx = np.nonzero(classes[a] != classes[b])[0]
+            if len(idx):
+                flips[f"{a} | {b}"] = [int(k) for k in idx[:max_listed]]
+    return Pairwise(names, agree, diff, flips)
