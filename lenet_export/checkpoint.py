@@ -12,6 +12,8 @@ training configuration);  ``versions``. ``last.pth`` adds ``optimizer``, ``sched
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import pickle
 from pathlib import Path
@@ -19,12 +21,12 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError, first_line
-from .fsutil import atomic_write
+from .fsutil import write_bytes_if_changed
 from .models import build_model
 
 FORMAT = "lenet-export/checkpoint"
 FORMAT_VERSION = 1
-REQUIRED = ("model", "model_args", "state_dict", "dataset", "classes", "input_shape", "mean", "std")
+REQUIRED = ("model", "model_args", "state_dict", "dataset", "classes", "input_shape", "mean", "std", "epoch")
 
 
 def versions() -> dict:
@@ -35,10 +37,22 @@ def versions() -> dict:
     return {"lenet_export": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
 
 
+def checkpoint_bytes(ckpt: dict) -> bytes:
+    """The file's bytes: the same content always gives the same bytes (and sha256).
+
+    ``torch.save`` to a path names the zip archive's records after the file (``best/data.pkl``, or the
+    temporary file's random name when writing atomically); to a buffer it always uses ``archive/``.
+    """
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **ckpt}, buf)
+    return buf.getvalue()
+
+
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> Path:
-    """Write atomically: a crash leaves the previous file intact, never a truncated one."""
-    ckpt = {"format": FORMAT, "format_version": FORMAT_VERSION, **ckpt}
-    return atomic_write(path, lambda p: torch.save(ckpt, p))
+    """Write atomically (a crash leaves the previous file intact, never a truncated one), and only if the
+    bytes change: re-saving the same checkpoint keeps the file, its sha256 and its mtime."""
+    write_bytes_if_changed(path, checkpoint_bytes(ckpt))
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -63,7 +77,60 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    problem = field_problem(ckpt)
+    if problem:
+        raise CheckpointError(f"{path} is inconsistent: {problem}")
     return ckpt
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _out_features(state_dict: dict) -> int | None:
+    """Rows of the last 2-D weight: the classifier's output size."""
+    weights = [v for k, v in state_dict.items() if k.endswith("weight") and v.ndim == 2]
+    return int(weights[-1].shape[0]) if weights else None
+
+
+def field_problem(ckpt: dict) -> str | None:
+    """What is wrong with the fields of a checkpoint (types, shapes, agreement), or None."""
+    for key in ("model", "dataset"):
+        if not isinstance(ckpt[key], str):
+            return f"field '{key}' must be a string, got {type(ckpt[key]).__name__}"
+    if not isinstance(ckpt["model_args"], dict):
+        return "field 'model_args' must be a dict"
+    sd = ckpt["state_dict"]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        return "field 'state_dict' must be a non-empty dict of tensors"
+    shape = ckpt["input_shape"]
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(_is_int(v) and v > 0 for v in shape)):
+        return f"field 'input_shape' must be 3 positive integers (C, H, W), got {shape!r}"
+    for key in ("mean", "std"):
+        v = ckpt[key]
+        if not (isinstance(v, (list, tuple)) and len(v) == shape[0] and all(map(_is_number, v))):
+            return f"field '{key}' must be {shape[0]} number(s), one per input channel, got {v!r}"
+    if not all(s > 0 for s in ckpt["std"]):
+        return f"field 'std' must be positive, got {ckpt['std']!r}"
+    classes = ckpt["classes"]
+    if not (isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes)):
+        return "field 'classes' must be a non-empty list of class names"
+    n_out = _out_features(sd)
+    if n_out is not None and n_out != len(classes):
+        return f"field 'classes' names {len(classes)} classes but the model's last layer has {n_out} outputs"
+    args = ckpt["model_args"]
+    if args.get("in_channels", shape[0]) != shape[0] or args.get("image_size", shape[1]) not in (shape[1], shape[2]):
+        return f"field 'input_shape' {list(shape)} disagrees with model_args (in_channels, image_size)"
+    if not (_is_int(ckpt["epoch"]) and ckpt["epoch"] >= 0):
+        return f"field 'epoch' must be a non-negative integer, got {ckpt['epoch']!r}"
+    for key in ("val_acc", "test_acc"):
+        if ckpt.get(key) is not None and not _is_number(ckpt[key]):
+            return f"field '{key}' must be a number, got {ckpt[key]!r}"
+    return None
 
 
 def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
@@ -74,9 +141,3 @@ def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
     except RuntimeError as e:
         raise CheckpointError(f"weights do not fit the recorded architecture {ckpt['model']!r}: {first_line(e)}") from None
     return model.eval()
-
-
-def recorded_data_dir(ckpt: dict) -> str | None:
-    """The data folder the checkpoint was trained from, if it still exists (a default for later steps)."""
-    d = (ckpt.get("config") or {}).get("data_dir")
-    return d if d and Path(d).exists() else None

@@ -57,14 +57,15 @@ def data(
     download: Annotated[bool, typer.Option(help="Download with torchvision (md5-checked) if not found.")] = False,
 ):
     """Find (or download) a data set, check it, and print what was found."""
-    from .data import channel_stats, load_split
+    from .data import channel_stats, load_split, resolve_data_dir
     from .ui import log
 
+    folder = resolve_data_dir(dataset, data_dir, download)
     for train in (True, False):
-        split = load_split(dataset, train=train, data_dir=data_dir, download=download)
+        split = load_split(dataset, train=train, data_dir=folder, download=download)
         mean, std = channel_stats(split.images)
         log(f"{dataset} {'train' if train else 'test'}: {len(split)} images {tuple(split.images.shape[1:])} "
-            f"from {split.source}; mean {mean} std {std}")
+            f"from {split.source} in {folder}; mean {mean} std {std}")
 
 
 @app.command()

@@ -8,24 +8,28 @@ Formats understood (all read by torchvision, none by hand-written parsers):
   into the cache; or a download by torchvision (``download=True``) on a connected machine.
 * CIFAR-10: torchvision's ``<dir>/cifar-10-batches-py`` (or ``cifar-10-python.tar.gz``, md5-checked);
   an image-folder tree ``<dir>/{train,test}/<class>/*.jpg|png``; or a ``.tar.gz`` of such a tree (the
-  JPEG copy described in ``shared/datasets/README.md``), unpacked into the cache.
+  JPEG copy described in ``shared/datasets/README.md``), unpacked into the cache (``cifar10.py``).
 
+Which folder is read is decided in one place, ``resolve_data_dir``: an explicit folder must hold the data
+set; only without one are the default folder and the system copy searched. Checkpoints do not record it.
 Images come back as uint8 ``N x C x H x W`` tensors; labels as int64 ``N``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import os
 import shutil
-import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .errors import DataError, first_line
+from .fsutil import atomic_write, write_errors
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -89,57 +93,105 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def how_to_get(name: str, data_dir: Path) -> str:
-    if name == "fashion-mnist":
-        return (f"no Fashion-MNIST found in {data_dir} or {DEBIAN_FASHION_MNIST}; get it with "
-                f"`apt-get install dataset-fashion-mnist`, or `lenet-export data --dataset fashion-mnist --download` "
-                f"on a connected machine, or pass --data-dir DIR holding the four *-ubyte.gz files")
-    return (f"no CIFAR-10 found in {data_dir}; get it with `lenet-export data --dataset cifar10 --download` on a "
-            f"connected machine, or pass --data-dir DIR holding cifar-10-batches-py/, an image folder with "
-            f"train/ and test/, or a .tar.gz of one (e.g. shared/datasets/cifar10-jpeg.tar.gz)")
+NAMES = {"fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+HOW_TO_GET = {
+    "fashion-mnist": "get it with `apt-get install dataset-fashion-mnist` (no --data-dir needed then), or "
+                     "`lenet-export data --dataset fashion-mnist --download` on a connected machine, or pass "
+                     "--data-dir DIR holding the four *-ubyte.gz files",
+    "cifar10": "get it with `lenet-export data --dataset cifar10 --download` on a connected machine, or pass "
+               "--data-dir DIR holding cifar-10-batches-py/, an image folder with train/ and test/, or a .tar.gz "
+               "of one (e.g. shared/datasets/cifar10-jpeg.tar.gz)",
+}
+
+
+def how_to_get(name: str, data_dir: Path, explicit: bool = True) -> str:
+    where = (f"--data-dir {data_dir} does not exist" if explicit and not data_dir.exists()
+             else f"no {NAMES[name]} in {data_dir}" if explicit
+             else f"no {NAMES[name]} found in {data_dir}" + (f" or {DEBIAN_FASHION_MNIST}" if name == "fashion-mnist" else ""))
+    return f"{where}; {HOW_TO_GET[name]}"
+
+
+def resolve_data_dir(name: str, data_dir: str | os.PathLike | None = None, download: bool = False) -> Path:
+    """The one place that decides which folder data set ``name`` is read from.
+
+    An explicit ``data_dir`` must hold the data set (or be the download target with ``download``): a
+    mistyped one is an error, never silently replaced. Without one: ``$LENET_EXPORT_DATA`` or ``./data``,
+    then the system copy (Debian's, for Fashion-MNIST).
+    """
+    from .cifar10 import cifar_layout
+
+    dataset_info(name)
+    layout = _fmnist_layout if name == "fashion-mnist" else cifar_layout
+    if data_dir is not None:
+        d = Path(data_dir)
+        if download or layout(d) is not None:
+            return d
+        raise DataError(how_to_get(name, d, explicit=True))
+    candidates = [default_data_dir()] + ([DEBIAN_FASHION_MNIST] if name == "fashion-mnist" else [])
+    for d in candidates:
+        if layout(d) is not None:
+            return d
+    if download:
+        return candidates[0]
+    raise DataError(how_to_get(name, candidates[0], explicit=False))
 
 
 # ---------------------------------------------------------------------------------------------
 # Fashion-MNIST
 
 
+def _fmnist_layout(d: Path) -> tuple[str, Path] | None:
+    """("raw", root) for torchvision's layout, ("gz", folder) for the four original .gz files, or None."""
+    from torchvision.datasets import FashionMNIST
+
+    if all((d / "FashionMNIST" / "raw" / Path(f).stem).is_file() for f, _ in FashionMNIST.resources):
+        return "raw", d
+    for src in (d, d / "fashion-mnist"):
+        if all((src / f).is_file() for f, _ in FashionMNIST.resources):
+            return "gz", src
+    return None
+
+
 def _fmnist_root(data_dir: Path, download: bool) -> Path:
     """Return a root that torchvision's FashionMNIST can read, preparing it if needed."""
     from torchvision.datasets import FashionMNIST
-    from torchvision.datasets.utils import check_integrity
 
-    raw_names = [Path(f).stem for f, _ in FashionMNIST.resources]  # names without .gz
-    if all((data_dir / "FashionMNIST" / "raw" / n).is_file() for n in raw_names):
-        return data_dir
-    for src in (data_dir, data_dir / "fashion-mnist", DEBIAN_FASHION_MNIST):
-        if all((src / f).is_file() for f, _ in FashionMNIST.resources):
-            root = cache_dir() / "fashion-mnist"
-            raw = root / "FashionMNIST" / "raw"
-            raw.mkdir(parents=True, exist_ok=True)
-            for fname, md5 in FashionMNIST.resources:
-                target = raw / Path(fname).stem
-                if target.is_file():
-                    continue
-                # torchvision reads only the unpacked files; gzip (stdlib) unpacks, atomically.
-                tmp = raw / f".{target.name}.{os.getpid()}.tmp"
-                try:
-                    with gzip.open(src / fname, "rb") as fin, open(tmp, "wb") as fout:
-                        shutil.copyfileobj(fin, fout)
-                except (OSError, EOFError) as e:
-                    tmp.unlink(missing_ok=True)
-                    raise DataError(f"cannot unpack {src / fname}: {e}") from None
-                if not (check_integrity(str(src / fname), md5)
-                        or check_integrity(str(tmp), FASHION_MNIST_UNPACKED_MD5[target.name])):
-                    tmp.unlink(missing_ok=True)
-                    raise DataError(f"{src / fname} is not the original Fashion-MNIST file (md5 mismatch)")
-                os.replace(tmp, target)
-            return root
+    layout = _fmnist_layout(data_dir)
+    if layout is not None:
+        kind, src = layout
+        return src if kind == "raw" else _unpack_fmnist(src)
     if download:
         with _download_errors("fashion-mnist", data_dir):
             FashionMNIST(str(data_dir), train=True, download=True)
             FashionMNIST(str(data_dir), train=False, download=True)
         return data_dir
     raise DataError(how_to_get("fashion-mnist", data_dir))
+
+
+def _unpack_fmnist(src: Path) -> Path:
+    """Unpack (stdlib gzip) and md5-check the four .gz files into the cache; torchvision reads only those."""
+    from torchvision.datasets import FashionMNIST
+
+    root = cache_dir() / "fashion-mnist"
+    raw = root / "FashionMNIST" / "raw"
+    for fname, md5 in FashionMNIST.resources:
+        target = raw / Path(fname).stem
+        if not target.is_file():
+            with write_errors(raw):
+                atomic_write(target, functools.partial(_gunzip_checked, src / fname, md5, target.name))
+    return root
+
+
+def _gunzip_checked(gz: Path, gz_md5: str, name: str, out: Path) -> None:
+    from torchvision.datasets.utils import check_integrity
+
+    try:
+        with gzip.open(gz, "rb") as fin, open(out, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a corrupt deflate stream
+        raise DataError(f"cannot unpack {gz}: {first_line(e)}") from None
+    if not (check_integrity(str(gz), gz_md5) or check_integrity(str(out), FASHION_MNIST_UNPACKED_MD5[name])):
+        raise DataError(f"{gz} is not the original Fashion-MNIST file (md5 mismatch)")
 
 
 @contextlib.contextmanager
@@ -167,102 +219,6 @@ def _load_fmnist(data_dir: Path, train: bool, download: bool) -> Split:
     return Split(images, labels, list(FASHION_MNIST_CLASSES), "torchvision-fashion-mnist")
 
 
-# ---------------------------------------------------------------------------------------------
-# CIFAR-10
-
-
-def _find_image_folder(d: Path) -> Path | None:
-    for cand in (d, d / "cifar10-jpeg", d / "cifar10"):
-        if (cand / "train").is_dir() and (cand / "test").is_dir():
-            return cand
-    return None
-
-
-def _cifar_source(data_dir: Path, download: bool) -> tuple[str, Path]:
-    from torchvision.datasets import CIFAR10
-
-    if (data_dir / CIFAR10.base_folder).is_dir():
-        return "torchvision-cifar10", data_dir
-    if (data_dir / CIFAR10.filename).is_file():  # canonical archive: torchvision md5-checks and unpacks
-        CIFAR10(str(data_dir), train=True, download=True)
-        return "torchvision-cifar10", data_dir
-    folder = _find_image_folder(data_dir)
-    if folder is not None:
-        return "image-folder", folder
-    archives = [data_dir] if data_dir.is_file() else sorted(data_dir.glob("cifar10*.tar.gz")) if data_dir.is_dir() else []
-    for archive in archives:
-        if tarfile.is_tarfile(archive):
-            return "image-folder", _unpack_image_folder(archive)
-        raise DataError(f"{archive} is not a readable .tar.gz archive")
-    if download:
-        with _download_errors("cifar10", data_dir):
-            CIFAR10(str(data_dir), train=True, download=True)
-        return "torchvision-cifar10", data_dir
-    raise DataError(how_to_get("cifar10", data_dir))
-
-
-def _unpack_image_folder(archive: Path) -> Path:
-    from torchvision.datasets.utils import extract_archive
-
-    st = archive.stat()
-    dest = cache_dir() / f"{archive.name.removesuffix('.tar.gz')}-{st.st_size}-{int(st.st_mtime)}"
-    if not dest.is_dir():
-        tmp = dest.with_name(dest.name + f".{os.getpid()}.tmp")
-        try:
-            extract_archive(str(archive), str(tmp))
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise DataError(f"cannot unpack {archive}: {e}") from None
-        os.replace(tmp, dest)
-    folder = _find_image_folder(dest)
-    if folder is None:
-        raise DataError(f"{archive} does not hold an image folder with train/ and test/")
-    return folder
-
-
-def _load_image_folder(root: Path, classes: list[str], channels: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from torchvision.datasets import ImageFolder
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
-    try:
-        ds = ImageFolder(str(root))
-    except (FileNotFoundError, OSError) as e:
-        raise DataError(f"bad image folder {root}: {e}") from None
-    if ds.classes != classes:
-        raise DataError(f"image folder {root} has classes {ds.classes}, expected {classes}")
-    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
-    images = torch.empty((len(ds.samples), channels, size, size), dtype=torch.uint8)
-    for i, (path, _) in enumerate(ds.samples):
-        try:
-            img = decode_image(read_file(path), mode=mode)
-        except RuntimeError as e:
-            raise DataError(f"cannot decode image {path}: {e}") from None
-        if img.shape[1:] != (size, size):
-            raise DataError(f"image {path} is {img.shape[2]}x{img.shape[1]}, expected {size}x{size}")
-        images[i] = img
-    labels = torch.tensor(ds.targets, dtype=torch.long)
-    return images, labels
-
-
-def _load_cifar(data_dir: Path, train: bool, download: bool) -> Split:
-    from torchvision.datasets import CIFAR10
-
-    kind, root = _cifar_source(data_dir, download)
-    split = "train" if train else "test"
-    if kind == "torchvision-cifar10":
-        try:
-            ds = CIFAR10(str(root), train=train, download=False)
-        except Exception as e:  # md5 mismatch or unreadable pickle
-            raise DataError(f"malformed CIFAR-10 batches under {root}: {e}") from None
-        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        labels = torch.tensor(ds.targets, dtype=torch.long)
-        source = "torchvision-cifar10"
-    else:
-        images, labels = _load_image_folder(root / split, CIFAR10_CLASSES, 3, 32)
-        source = "jpeg-image-folder"
-    _check_split(images, labels, (3, 32, 32), f"CIFAR-10 under {root}")
-    return Split(images, labels, list(CIFAR10_CLASSES), source)
-
-
 def _check_split(images: torch.Tensor, labels: torch.Tensor, shape: tuple, where: str) -> None:
     if images.dtype != torch.uint8 or tuple(images.shape[1:]) != shape:
         raise DataError(f"{where}: images have shape {tuple(images.shape)}, expected N x {' x '.join(map(str, shape))}")
@@ -273,13 +229,14 @@ def _check_split(images: torch.Tensor, labels: torch.Tensor, shape: tuple, where
 
 
 def load_split(name: str, train: bool, data_dir: str | os.PathLike | None = None, download: bool = False) -> Split:
-    """Load the train (``train=True``) or test split of data set ``name`` into memory."""
-    dataset_info(name)
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    if name == "fashion-mnist":
-        return _load_fmnist(data_dir, train, download)
-    return _load_cifar(data_dir, train, download)
+    """Load the train (``train=True``) or test split of data set ``name`` into memory, from the folder
+    ``resolve_data_dir(name, data_dir, download)`` picks."""
+    from .cifar10 import load_cifar
 
+    root = resolve_data_dir(name, data_dir, download)
+    if name == "fashion-mnist":
+        return _load_fmnist(root, train, download)
+    return load_cifar(root, train, download)
 
 # ---------------------------------------------------------------------------------------------
 # Split and normalisation

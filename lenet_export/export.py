@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import load_checkpoint, model_from_checkpoint, recorded_data_dir
+from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import load_split, normalize, to_raw_layout
 from .errors import ConfigError, ExportError, first_line
 from .fsutil import sha256_file, staged_dir
@@ -211,7 +211,7 @@ def export(checkpoint: str | Path, opts: ExportOptions, log=print) -> ExportResu
         raise ConfigError(f"{out} already exists; pass --force to replace it (it is kept if the new export fails)")
     meta = build_metadata(ckpt, sha256_file(checkpoint), opts)
 
-    test = load_split(ckpt["dataset"], train=False, data_dir=opts.data_dir or recorded_data_dir(ckpt))
+    test = load_split(ckpt["dataset"], train=False, data_dir=opts.data_dir)
     if list(test.images.shape[1:]) != list(ckpt["input_shape"]):
         raise ConfigError(f"test images are {tuple(test.images.shape[1:])}, the model expects {tuple(ckpt['input_shape'])}")
     images, labels = test.images[:CHECK_IMAGES], test.labels[:CHECK_IMAGES]

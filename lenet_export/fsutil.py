@@ -1,8 +1,10 @@
-"""Atomic file and folder writes, and hashing. Never leaves a truncated file behind."""
+"""Atomic file and folder writes, folder locks, and hashing. Never leaves a truncated file behind."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -11,15 +13,27 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .errors import ConfigError
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: POSIX has no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)``, fsync, then rename over ``path`` (same folder, so atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     tmp_path = Path(tmp)
     try:
+        try:  # mkstemp makes the file private (0600); the result is an ordinary file, as open() makes them
+            os.fchmod(fd, 0o666 & ~current_umask())
+        finally:
+            os.close(fd)
         write(tmp_path)
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
@@ -28,6 +42,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def write_bytes_if_changed(path: str | os.PathLike, data: bytes) -> bool:
+    """Atomically write ``data`` unless ``path`` already holds exactly these bytes (then leave it, mtime
+    included). Returns whether the file was written."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    atomic_write_bytes(path, data)
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -73,3 +104,61 @@ def staged_dir(final: str | os.PathLike, *, replace: bool) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the ``.*.tmp`` files and folders that killed writers left in ``folder``. Only call this while
+    holding the folder's lock (see ``locked``): a live writer's temporaries look the same."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def locked(lock_file: str | os.PathLike, what: str | None = None) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (created if needed) for the ``with`` block.
+
+    Another process holding it makes this raise ``ConfigError`` naming its PID at once (no waiting). The
+    kernel drops the lock when its holder exits, however it dies (``kill -9`` included), so a stale lock
+    cannot block later runs; the file itself stays (removing it would race with the next locker).
+    """
+    lock_file = Path(lock_file)
+    what = what or str(lock_file.parent)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise ConfigError(f"{what} is in use by another process (pid {holder or 'unknown'}, lock "
+                              f"{lock_file}); wait for it to finish or choose another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield lock_file
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# errno -> what the user should read; any other OSError is a bug and keeps its traceback
+WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EFBIG: "file too large for this file system or process limit",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "operation not permitted", errno.ENOTDIR: "a path component is not a folder",
+                errno.EEXIST: "exists and is not a folder", errno.EISDIR: "is a folder"}
+
+
+@contextlib.contextmanager
+def write_errors(where: str | os.PathLike) -> Iterator[None]:
+    """Turn the OSErrors of writing into ``where`` (full disk, read-only, no permission, a file where a
+    folder should be) into a one-line ``ConfigError`` that names the file."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise ConfigError(f"cannot write {e.filename or where}: {WRITE_ERRNOS[e.errno]}") from None

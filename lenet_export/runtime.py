@@ -11,6 +11,7 @@ model's metadata) and with ``model.raw.onnx`` (uint8 input, normalisation inside
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,57 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return softmax(z).astype(np.float32)
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _chw(shape: list, raw: bool) -> tuple[int, int, int]:
+    """(C, H, W) from the input shape: N x C x H x W (float) or N x H x W [x C] (uint8, raw)."""
+    if raw:
+        return (1, shape[1], shape[2]) if len(shape) == 3 else (shape[3], shape[1], shape[2])
+    return shape[1], shape[2], shape[3]
+
+
+def metadata_problem(meta: dict, input_names: list[str], output_shape: list) -> str | None:
+    """What is wrong with lenet-export metadata (types, lengths, agreement with the graph), or None."""
+    classes, mean, std = meta["classes"], meta["mean"], meta["std"]
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        return "'classes' must be a non-empty list of class names"
+    n_out = output_shape[-1] if output_shape else None
+    if isinstance(n_out, int) and n_out != len(classes):
+        return f"'classes' names {len(classes)} classes but the model outputs {n_out} logits"
+    if meta["input_dtype"] not in ("float32", "uint8"):
+        return f"'input_dtype' must be float32 or uint8, got {meta['input_dtype']!r}"
+    if meta["input_name"] not in input_names:
+        return f"'input_name' {meta['input_name']!r} is not an input of the graph ({', '.join(input_names)})"
+    shape, raw = meta["input_shape"], meta["input_dtype"] == "uint8"
+    lengths = (3, 4) if raw else (4,)
+    if not (isinstance(shape, list) and len(shape) in lengths
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape[1:])):
+        return (f"'input_shape' must be {' or '.join(map(str, lengths))} entries (batch, then positive sizes), "
+                f"got {shape!r}")
+    channels = _chw(shape, raw)[0]
+    for key, v in (("mean", mean), ("std", std)):
+        if not (isinstance(v, list) and len(v) == channels and all(map(_is_number, v))):
+            return f"'{key}' must be {channels} number(s), one per input channel, got {v!r}"
+    if not all(v > 0 for v in std):
+        return f"'std' must be positive, got {std!r}"
+    return None
+
+
+def parse_metadata(path: Path, props: dict, input_names: list[str], output_shape: list) -> dict:
+    """The metadata lenet-export stores in ``metadata_props``, parsed and validated field by field."""
+    missing = [k for k in REQUIRED_METADATA if k not in props]
+    if missing:
+        raise ModelMetadataError(f"{path} lacks the metadata lenet-export writes ({', '.join(missing)}); "
+                                 "expected a model exported by `lenet-export onnx`")
+    meta = {k: parse_prop(v) for k, v in props.items()}
+    problem = metadata_problem(meta, input_names, list(output_shape or []))
+    if problem:
+        raise ModelMetadataError(f"{path} has malformed metadata: {problem}")
+    return meta
+
+
 class Classifier:
     """An exported lenet-export ONNX model with its metadata (classes, input geometry, normalisation)."""
 
@@ -54,22 +106,15 @@ class Classifier:
         except ArtefactError as e:
             raise ModelMetadataError(str(e)) from None
         props = self.session.get_modelmeta().custom_metadata_map
-        missing = [k for k in REQUIRED_METADATA if k not in props]
-        if missing:
-            raise ModelMetadataError(f"{path} lacks the metadata lenet-export writes ({', '.join(missing)}); "
-                                     "expected a model exported by `lenet-export onnx`")
-        self.metadata = {k: parse_prop(v) for k, v in props.items()}
-        bad = [k for k in ("classes", "mean", "std", "input_shape") if not isinstance(self.metadata[k], list)]
-        if bad or len(self.metadata["mean"]) != len(self.metadata["std"]):
-            raise ModelMetadataError(f"{path} has malformed metadata ({', '.join(bad) or 'mean/std'})")
-        self.classes: list[str] = list(self.metadata["classes"])
-        self.mean = np.asarray(self.metadata["mean"], dtype=np.float32)
-        self.std = np.asarray(self.metadata["std"], dtype=np.float32)
-        self.channels = len(self.mean)
-        shape = self.metadata["input_shape"]
-        self.height, self.width = (shape[1], shape[2]) if self.metadata["input_dtype"] == "uint8" else (shape[2], shape[3])
-        self.raw = self.metadata["input_dtype"] == "uint8"
-        self.input_name = self.metadata["input_name"]
+        meta = parse_metadata(path, props, [i.name for i in self.session.get_inputs()],
+                              self.session.get_outputs()[0].shape)
+        self.metadata = meta
+        self.classes: list[str] = list(meta["classes"])
+        self.mean = np.asarray(meta["mean"], dtype=np.float32)
+        self.std = np.asarray(meta["std"], dtype=np.float32)
+        self.raw = meta["input_dtype"] == "uint8"
+        self.channels, self.height, self.width = _chw(meta["input_shape"], self.raw)
+        self.input_name = meta["input_name"]
 
     @property
     def provider(self) -> str:
@@ -112,9 +157,11 @@ class Classifier:
             if a.ndim != 4 or a.shape[1:] != expected:
                 raise RuntimeInputError(f"normalised float input must be N x {' x '.join(map(str, expected))} (NCHW); "
                                         f"got shape {a.shape}")
-            if not np.isfinite(a).all():
-                raise RuntimeInputError("input contains NaN or infinite values")
-            return np.ascontiguousarray(a, dtype=np.float32)
+            with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: refused below
+                x = np.ascontiguousarray(a, dtype=np.float32)
+            if not np.isfinite(x).all():  # checked after the cast: what the model would see
+                raise RuntimeInputError("input contains NaN or infinite values (as float32)")
+            return x
         raise RuntimeInputError(f"expected uint8 images or float32 normalised arrays; got dtype {a.dtype}")
 
     # -- inference ---------------------------------------------------------------------------------
@@ -129,19 +176,40 @@ class Classifier:
         return Prediction(labels, [self.classes[i] for i in labels], probs, logits, self.provider)
 
 
+def _to_8bit(img, path):
+    """16-bit grey (Pillow modes ``I;16*``, or ``I`` from a PNG) scaled to 8 bit; ``convert("L")`` would clip
+    every value above 255 to white. Other 32-bit modes are refused."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):
+        a = np.asarray(img).astype(np.int64)
+        return Image.fromarray(((np.clip(a, 0, 65535) + 128) // 257).astype(np.uint8), "L")  # round(a / 257)
+    if img.mode in ("I", "F"):
+        raise RuntimeInputError(f"{path} has 32-bit {'float' if img.mode == 'F' else 'integer'} pixels; "
+                                "expected an 8- or 16-bit PNG or a JPEG")
+    return img
+
+
 def load_image(path: str | Path, channels: int, size: tuple[int, int], resize: bool = False) -> np.ndarray:
-    """Decode a PNG/JPEG file to uint8 H x W (grey) or H x W x 3; needs Pillow."""
+    """Decode a PNG/JPEG file (8 or 16 bit) to uint8 H x W (grey) or H x W x 3; needs Pillow.
+
+    Images over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) are refused, not decoded.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    h, w = size
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            h, w = size
-            if img.size != (w, h):
-                if not resize:
-                    raise RuntimeInputError(f"{path} is {img.size[0]}x{img.size[1]}; the model expects {w}x{h} "
-                                            "(pass --resize to scale it)")
-                img = img.resize((w, h), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow only warns up to 2x the limit
+            with Image.open(path) as img:
+                img = _to_8bit(img, path).convert("L" if channels == 1 else "RGB")
+                if img.size != (w, h):
+                    if not resize:
+                        raise RuntimeInputError(f"{path} is {img.size[0]}x{img.size[1]}; the model expects {w}x{h} "
+                                                "(pass --resize to scale it)")
+                    img = img.resize((w, h), Image.Resampling.BILINEAR)
+                return np.asarray(img, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise RuntimeInputError(f"refusing {path}: {first_line(e)}") from None
     except (UnidentifiedImageError, OSError) as e:
         raise RuntimeInputError(f"cannot read image {path}: {e}") from None

@@ -192,7 +192,6 @@ def requested(names: tuple[str, ...] | None) -> list[Backend]:
 
 def verify(opts: VerifyOptions, log=print) -> Report:
     """Run the suite and return the report (also written to ``opts.report``); ``Report.check()`` is the verdict."""
-    from .checkpoint import recorded_data_dir
     from .metadata import check_metadata
 
     _check_report_path(opts.report)
@@ -200,7 +199,7 @@ def verify(opts: VerifyOptions, log=print) -> Report:
     exported = Path(opts.exported)
     meta, ckpt, ckpt_path, sha = load_artefacts(exported, opts.checkpoint)
     name = opts.dataset or ckpt["dataset"]
-    inputs, source = load_inputs(name, ckpt, opts.data_dir or recorded_data_dir(ckpt))
+    inputs, source = load_inputs(name, ckpt, opts.data_dir)
     ctx = Context(exported, meta, ckpt)
     rep = Report(model=ckpt["model"], dataset=name, data_source=source, samples=len(inputs.labels),
                  exported=str(exported), checkpoint=str(ckpt_path), checkpoint_sha256=sha, tolerance=opts.tolerance,

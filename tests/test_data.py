@@ -228,3 +228,40 @@ def test_data_command_reports_the_real_sets(fmnist_dir):
     assert r.exit_code == 0, r.output
     assert "fashion-mnist train: 60000 images (1, 28, 28)" in r.stdout
     assert "fashion-mnist test: 10000 images (1, 28, 28)" in r.stdout
+
+
+# -- corrupt files, and which folder is read ----------------------------------------------------------
+
+
+def test_corrupt_deflate_stream_is_one_line_and_leaves_nothing_in_the_cache(tmp_path, small_fmnist, monkeypatch, cache):
+    import zlib
+
+    from conftest import assert_clean_error, run_cli
+
+    _write_gz_folder(tmp_path / "gz", small_fmnist, monkeypatch)
+    bad = tmp_path / "gz" / "train-images-idx3-ubyte.gz"
+    blob = gzip.compress(bytes(range(256)) * 200)  # compressible, so the stream holds real deflate blocks
+    bad.write_bytes(blob[:20] + b"\xff" * 40 + blob[60:])
+    with pytest.raises(zlib.error):  # the defect as the standard library reports it
+        gzip.decompress(bad.read_bytes())
+    assert_clean_error(run_cli("data", "--data-dir", tmp_path / "gz"), "cannot unpack", str(bad))
+    assert not [p for p in cache.rglob("*") if p.is_file()]  # no 0-byte temporary, no half file
+
+
+def test_explicit_data_dir_is_never_replaced_by_the_system_copy(tmp_path, monkeypatch, fmnist_dir, cache):
+    from conftest import assert_clean_error, run_cli
+
+    monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", fmnist_dir)  # a system copy is present
+    typo = tmp_path / "fashion-mnst"
+    assert_clean_error(run_cli("data", "--data-dir", typo), f"--data-dir {typo} does not exist")
+    (tmp_path / "empty").mkdir()
+    assert_clean_error(run_cli("data", "--data-dir", tmp_path / "empty"), f"no Fashion-MNIST in {tmp_path / 'empty'}")
+    assert_clean_error(run_cli("train", "--data-dir", typo, "--out", tmp_path / "run"), str(typo))
+    assert not (tmp_path / "run").exists()
+    # Without --data-dir: $LENET_EXPORT_DATA (empty here), then the system copy.
+    monkeypatch.setenv("LENET_EXPORT_DATA", str(tmp_path / "empty"))
+    assert D.resolve_data_dir("fashion-mnist") == fmnist_dir
+    assert D.resolve_data_dir("fashion-mnist", fmnist_dir) == fmnist_dir
+    with pytest.raises(DataError, match="no CIFAR-10 found in"):
+        D.resolve_data_dir("cifar10")
+    assert D.resolve_data_dir("cifar10", typo, download=True) == typo  # the download's target

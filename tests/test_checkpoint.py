@@ -1,0 +1,92 @@
+"""Checkpoint files: the same content gives the same bytes; fields are validated, not only the format tag."""
+
+import hashlib
+
+import pytest
+import torch
+
+from conftest import REPO, assert_clean_error, run_cli
+from lenet_export.checkpoint import load_checkpoint, save_checkpoint
+from lenet_export.errors import CheckpointError
+
+SHIPPED = REPO / "exported" / "fashion-mnist-lenet-modern" / "best.pth"
+
+
+def sha(p):
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def shipped() -> dict:
+    ck = load_checkpoint(SHIPPED)
+    return {k: v for k, v in ck.items() if k not in ("format", "format_version")}
+
+
+def test_same_content_gives_the_same_bytes(tmp_path):
+    ck = shipped()
+    save_checkpoint(ck, tmp_path / "a.pth")
+    save_checkpoint(ck, tmp_path / "other-name.pth")
+    assert sha(tmp_path / "a.pth") == sha(tmp_path / "other-name.pth")
+    save_checkpoint(load_checkpoint(tmp_path / "a.pth"), tmp_path / "b" / "best.pth")  # a round trip too
+    assert sha(tmp_path / "b" / "best.pth") == sha(tmp_path / "a.pth")
+
+
+def test_resaving_unchanged_content_keeps_the_file(tmp_path):
+    p = tmp_path / "best.pth"
+    save_checkpoint(shipped(), p)
+    before = p.stat()
+    save_checkpoint(shipped(), p)
+    assert p.stat().st_mtime_ns == before.st_mtime_ns and p.stat().st_ino == before.st_ino
+
+
+def _broken(tmp_path, **changes) -> object:
+    ck = shipped()
+    for k, v in changes.items():
+        if v is KeyError:
+            del ck[k]
+        else:
+            ck[k] = v
+    path = tmp_path / "bad.pth"
+    save_checkpoint(ck, path)
+    return path
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"epoch": KeyError}, "lacks epoch"),
+    ({"epoch": "4"}, "'epoch'"),
+    ({"input_shape": [28, 28]}, "'input_shape' must be 3 positive integers"),
+    ({"input_shape": [1, 28, -28]}, "'input_shape' must be 3 positive integers"),
+    ({"input_shape": [3, 28, 28]}, "'mean' must be 3 number(s)"),
+    ({"classes": ["a", "b", "c"]}, "names 3 classes but the model's last layer has 10 outputs"),
+    ({"mean": [0.1, 0.2]}, "'mean' must be 1 number(s)"),
+    ({"std": [0.0]}, "'std' must be positive"),
+    ({"classes": "T-shirt"}, "'classes'"),
+    ({"state_dict": {"w": [1, 2]}}, "'state_dict'"),
+    ({"model_args": "lenet"}, "'model_args'"),
+])
+def test_wrong_fields_are_one_line_errors(tmp_path, changes, fragment):
+    path = _broken(tmp_path, **changes)
+    with pytest.raises(CheckpointError, match="bad.pth"):
+        load_checkpoint(path)
+    assert_clean_error(run_cli("onnx", "--checkpoint", path, "--out", tmp_path / "export"), fragment)
+    assert not (tmp_path / "export").exists()
+
+
+def test_resume_from_a_state_with_wrong_fields(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    ck = shipped()
+    ck["input_shape"] = [1, 28]
+    save_checkpoint(ck, out / "last.pth")
+    assert_clean_error(run_cli("train", "--resume", "--out", out), "'input_shape'")
+    ck = shipped()  # a best.pth where a last.pth belongs: no optimizer state
+    save_checkpoint(ck, out / "last.pth")
+    assert_clean_error(run_cli("train", "--resume", "--out", out), "not a resumable training state", "optimizer")
+
+
+def test_old_checkpoints_with_a_recorded_data_folder_still_load():
+    from lenet_export.checkpoint import recorded_data_dir
+
+    ck = load_checkpoint(REPO / "exported" / "cifar10-lenet-modern-cifar" / "best.pth")
+    assert ck["config"]["data_dir"] == "../shared/datasets"  # written before the folder stopped being recorded
+    assert recorded_data_dir({"config": {}}) is None and recorded_data_dir({}) is None
+    assert recorded_data_dir({"config": None}) is None
