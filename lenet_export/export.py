@@ -30,7 +30,7 @@ from . import __version__
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import load_split, normalize, to_raw_layout
 from .errors import ConfigError, ExportError, first_line
-from .fsutil import sha256_file, staged_dir
+from .fsutil import locked, recover_staged, sha256_file, staged_dir, write_errors
 from .metadata import METADATA_FILE, metadata_props, raw_layout
 from .parity import Tolerance
 
@@ -160,7 +160,11 @@ def _to_torchscript(model: nn.Module, sample: torch.Tensor, path: Path, meta: di
         except Exception:  # scripting rejects some Python constructs; tracing is exact for these static graphs
             scripted, method = torch.jit.trace(model, sample), "traced"
         extra = {METADATA_FILE: json.dumps({**meta, "torchscript_method": method})}
-        torch.jit.save(scripted, str(path), _extra_files=extra)
+        # Saved to memory, then written by Python: torch.jit.save straight to a full disk aborts the whole
+        # process (an uncaught c10::Error), where a Python write raises OSError (ENOSPC) like any other.
+        buf = io.BytesIO()
+        torch.jit.save(scripted, buf, _extra_files=extra)
+    path.write_bytes(buf.getvalue())
     return method
 
 
@@ -197,8 +201,80 @@ def check_artefacts(folder: Path, ckpt: dict, checkpoint_sha256: str, images: to
     return results
 
 
+def _is_export(folder: Path) -> bool:
+    try:
+        meta = json.loads((folder / METADATA_FILE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(meta, dict) and "checkpoint_sha256" in meta and "model_name" in meta
+
+
+def check_out(out: Path, checkpoint: Path, force: bool) -> None:
+    """``--out`` may be new, an empty folder, or (with ``--force``) an earlier export; nothing else is replaced."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not force:
+        raise ConfigError(f"{out} already exists; pass --force to replace it (it is kept if the new export fails)")
+    refuse = f"refusing to replace {out}: "
+    if not out.is_dir():
+        raise ConfigError(refuse + "it is a file, not an export folder")
+    if out.resolve() in Path(checkpoint).resolve().parents:
+        raise ConfigError(refuse + f"it holds the checkpoint being exported ({checkpoint})")
+    run_files = [n for n in ("last.pth", "run.json", "history.json") if (out / n).exists()]
+    if run_files:
+        raise ConfigError(refuse + f"it holds a training run ({run_files[0]}); --force only replaces export folders")
+    if not _is_export(out):
+        raise ConfigError(refuse + f"it is not a lenet-export export folder (no valid {METADATA_FILE}); "
+                          "--force only replaces export folders")
+
+
+def write_artefacts(tmp: Path, model: nn.Module, ckpt: dict, test, meta: dict, opts: ExportOptions) -> str | None:
+    """Write every artefact into ``tmp``; returns how TorchScript was made (None: not written)."""
+    raw = RawInputModel(model, ckpt["mean"], ckpt["std"]).eval()
+    c, h, w = ckpt["input_shape"]
+    sample = torch.zeros(2, c, h, w)
+    raw_sample = torch.zeros((2, h, w) if c == 1 else (2, h, w, c), dtype=torch.uint8)
+    _to_onnx(model, sample, tmp / "model.onnx", "input", ["logits"], opts, meta)
+    _to_onnx(raw, raw_sample, tmp / "model.raw.onnx", "images", ["logits", "probabilities"], opts,
+             {**meta, "input_name": "images", "input_layout": meta["raw_input_layout"],
+              "input_shape": meta["raw_input_shape"], "input_dtype": "uint8"})
+    method = _to_torchscript(model, sample, tmp / "model.pt", meta) if opts.torchscript else None
+    gi = golden_indices(test.labels)
+    gx = normalize(test.images[gi], ckpt["mean"], ckpt["std"])
+    graw = to_raw_layout(test.images[gi])
+    with torch.inference_mode():
+        glogits = model(gx)
+        rlogits, rprobs = raw(graw)
+    _write_golden(tmp / "test_data_set_0", [("input", gx.numpy())], [("logits", glogits.numpy())])
+    _write_golden(tmp / "raw_test_data_set_0", [("images", graw.numpy())],
+                  [("logits", rlogits.numpy()), ("probabilities", rprobs.numpy())])
+    (tmp / METADATA_FILE).write_text(json.dumps({**meta, "torchscript_method": method,
+                                                 "golden_test_indices": gi.tolist()}, indent=2) + "\n")
+    return method
+
+
+def _check_written(tmp: Path, ckpt: dict, meta: dict, test, opts: ExportOptions, result: ExportResult, log) -> None:
+    images, labels = test.images[:CHECK_IMAGES], test.labels[:CHECK_IMAGES]
+    checks = check_artefacts(tmp, ckpt, meta["checkpoint_sha256"], images, labels, opts.torchscript)
+    tol = Tolerance()
+    for name, r in list(checks.items())[1:]:
+        if r.logits is not None:
+            result.max_abs_diff[name] = r.logits.max_abs
+            log(f"check {name:<16} max |logit diff| vs eager on {len(images)} test images: {r.logits.max_abs:.3e} "
+                f"(atol {tol.atol:g} rtol {tol.rtol:g}) {r.status}")
+    bad = {n: r for n, r in checks.items() if r.status != "passed"}
+    if bad:
+        raise ExportError("exported model disagrees with the checkpoint: "
+                          + "; ".join(f"{n}: {r.failures[0] if r.failures else r.reason}" for n, r in bad.items())
+                          + f"; nothing written to {result.out}")
+
+
 def export(checkpoint: str | Path, opts: ExportOptions, log=print) -> ExportResult:
-    """Export ``checkpoint`` per ``opts``; raise ``ExportError`` if an artefact disagrees with eager PyTorch."""
+    """Export ``checkpoint`` per ``opts``; raise ``ExportError`` if an artefact disagrees with eager PyTorch.
+
+    The output folder is locked for the export, written as a staged sibling, checked, and only then renamed
+    into place; ``--force`` replaces only an earlier export, never a training run or another folder.
+    """
     if opts.exporter not in EXPORTERS:
         raise ConfigError(f"unknown exporter {opts.exporter!r}; choose one of: {', '.join(EXPORTERS)}")
     lo, hi = opset_range(opts.exporter)
@@ -207,51 +283,19 @@ def export(checkpoint: str | Path, opts: ExportOptions, log=print) -> ExportResu
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
     out = Path(opts.out) if opts.out else Path("exported") / f"{ckpt['dataset']}-{ckpt['model']}"
-    if out.exists() and not opts.force:
-        raise ConfigError(f"{out} already exists; pass --force to replace it (it is kept if the new export fails)")
+    check_out(out, Path(checkpoint), opts.force)
     meta = build_metadata(ckpt, sha256_file(checkpoint), opts)
-
     test = load_split(ckpt["dataset"], train=False, data_dir=opts.data_dir)
     if list(test.images.shape[1:]) != list(ckpt["input_shape"]):
         raise ConfigError(f"test images are {tuple(test.images.shape[1:])}, the model expects {tuple(ckpt['input_shape'])}")
-    images, labels = test.images[:CHECK_IMAGES], test.labels[:CHECK_IMAGES]
-    raw = RawInputModel(model, ckpt["mean"], ckpt["std"]).eval()
-    c, h, w = ckpt["input_shape"]
-    sample = torch.zeros(2, c, h, w)
-    raw_sample = torch.zeros((2, h, w) if c == 1 else (2, h, w, c), dtype=torch.uint8)
-
     result = ExportResult(out=out, files=[])
-    with staged_dir(out, replace=opts.force) as tmp:
-        _to_onnx(model, sample, tmp / "model.onnx", "input", ["logits"], opts, meta)
-        _to_onnx(raw, raw_sample, tmp / "model.raw.onnx", "images", ["logits", "probabilities"], opts,
-                 {**meta, "input_name": "images", "input_layout": meta["raw_input_layout"],
-                  "input_shape": meta["raw_input_shape"], "input_dtype": "uint8"})
-        if opts.torchscript:
-            result.torchscript_method = _to_torchscript(model, sample, tmp / "model.pt", meta)
-
-        gi = golden_indices(test.labels)
-        gx = normalize(test.images[gi], ckpt["mean"], ckpt["std"])
-        graw = to_raw_layout(test.images[gi])
-        with torch.inference_mode():
-            glogits = model(gx)
-            rlogits, rprobs = raw(graw)
-        _write_golden(tmp / "test_data_set_0", [("input", gx.numpy())], [("logits", glogits.numpy())])
-        _write_golden(tmp / "raw_test_data_set_0", [("images", graw.numpy())],
-                      [("logits", rlogits.numpy()), ("probabilities", rprobs.numpy())])
-        (tmp / METADATA_FILE).write_text(json.dumps({**meta, "torchscript_method": result.torchscript_method,
-                                                     "golden_test_indices": gi.tolist()}, indent=2) + "\n")
-
-        checks = check_artefacts(tmp, ckpt, meta["checkpoint_sha256"], images, labels, opts.torchscript)
-        tol = Tolerance()
-        for name, r in list(checks.items())[1:]:
-            if r.logits is not None:
-                result.max_abs_diff[name] = r.logits.max_abs
-                log(f"check {name:<16} max |logit diff| vs eager on {len(images)} test images: {r.logits.max_abs:.3e} "
-                    f"(atol {tol.atol:g} rtol {tol.rtol:g}) {r.status}")
-        bad = {n: r for n, r in checks.items() if r.status != "passed"}
-        if bad:
-            raise ExportError("exported model disagrees with the checkpoint: "
-                              + "; ".join(f"{n}: {r.failures[0] if r.failures else r.reason}" for n, r in bad.items())
-                              + f"; nothing written to {out}")
-        result.files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    with write_errors(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with locked(out.parent / f".{out.name}.lock", what=str(out)):
+            recover_staged(out)  # what a killed export left: temporaries go, a moved-aside export comes back
+            check_out(out, Path(checkpoint), opts.force)  # again, now that no other export can change it
+            with staged_dir(out, replace=True) as tmp:
+                result.torchscript_method = write_artefacts(tmp, model, ckpt, test, meta, opts)
+                _check_written(tmp, ckpt, meta, test, opts, result, log)
+                result.files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -77,19 +78,33 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def recover_staged(final: Path) -> None:
+    """Clean what a killed ``staged_dir`` left beside ``final``: its temporary folders, and the previous
+    folder it had moved aside (``.NAME.old-PID``), which is put back if ``final`` is missing (killed between
+    the two renames) and removed otherwise. Call with the folder's lock held (see ``locked``)."""
+    name = glob.escape(final.name)
+    for p in final.parent.glob(f".{name}.*.tmp"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+    for old in sorted(final.parent.glob(f".{name}.old-*")):
+        if not final.exists() and old.is_dir():
+            os.replace(old, final)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged_dir(final: str | os.PathLike, *, replace: bool) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success move it to ``final``.
 
     An existing ``final`` is only swapped out (and then removed) once the new folder is complete,
-    so a failed run never destroys a good one.
+    so a failed run never destroys a good one. Leftovers of a killed earlier run are cleaned first (the
+    caller holds the folder's lock, so no live writer owns them).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    recover_staged(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield tmp
         if final.exists():

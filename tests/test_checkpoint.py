@@ -81,12 +81,3 @@ def test_resume_from_a_state_with_wrong_fields(tmp_path):
     ck = shipped()  # a best.pth where a last.pth belongs: no optimizer state
     save_checkpoint(ck, out / "last.pth")
     assert_clean_error(run_cli("train", "--resume", "--out", out), "not a resumable training state", "optimizer")
-
-
-def test_old_checkpoints_with_a_recorded_data_folder_still_load():
-    from lenet_export.checkpoint import recorded_data_dir
-
-    ck = load_checkpoint(REPO / "exported" / "cifar10-lenet-modern-cifar" / "best.pth")
-    assert ck["config"]["data_dir"] == "../shared/datasets"  # written before the folder stopped being recorded
-    assert recorded_data_dir({"config": {}}) is None and recorded_data_dir({}) is None
-    assert recorded_data_dir({"config": None}) is None
