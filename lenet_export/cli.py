@@ -112,8 +112,11 @@ def onnx(
     out: Annotated[Optional[Path], typer.Option(help="Output folder; default: exported/<dataset>-<model>.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (dynamo: 18 and up; torchscript: 9..20).")] = 18,
     exporter: Annotated[str, typer.Option(help="dynamo (torch.export based) or torchscript (legacy).")] = "dynamo",
+    formats: Annotated[str, typer.Option(help="Comma-separated formats to write besides onnx and raw-onnx "
+                                              "(torchscript, pt2, openvino), or all (skipping those whose package "
+                                              "is missing).")] = "all",
     torchscript: Annotated[bool, typer.Option("--torchscript/--no-torchscript",
-                                              help="Also write model.pt (TorchScript).")] = True,
+                                              help="Write model.pt (TorchScript) when --formats includes it.")] = True,
     force: Annotated[bool, typer.Option(help="Replace an existing output folder (only once the new export "
                                              "has passed its checks).")] = False,
     data_dir: DataDir = None,
@@ -122,8 +125,11 @@ def onnx(
     from .export import ExportOptions, export
     from .ui import log
 
-    res = export(checkpoint, ExportOptions(out=out, opset=opset, exporter=exporter, torchscript=torchscript,
-                                           force=force, data_dir=str(data_dir) if data_dir else None), log=log)
+    res = export(checkpoint, ExportOptions(out=out, opset=opset, exporter=exporter, formats=formats,
+                                           torchscript=torchscript, force=force,
+                                           data_dir=str(data_dir) if data_dir else None), log=log)
+    for name, why in res.skipped.items():
+        log(f"skipped format {name}: {why}")
     how = f" (TorchScript {res.torchscript_method})" if res.torchscript_method else ""
     log(f"wrote {res.out}{how}: {', '.join(f for f in res.files if '/' not in f)}")
 

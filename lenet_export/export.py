@@ -16,9 +16,7 @@ Artefacts in the output folder:
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,14 +27,14 @@ from torch import nn
 from . import __version__
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import load_split, normalize, to_raw_layout
-from .errors import ConfigError, ExportError, first_line
+from .errors import ConfigError, ExportError
+from .formats import select
 from .fsutil import locked, recover_staged, sha256_file, staged_dir, write_errors
-from .metadata import METADATA_FILE, metadata_props, raw_layout
+from .metadata import METADATA_FILE, raw_layout
 from .parity import Tolerance
 
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18
-CHECK_BACKENDS = ("ort-cpu", "ort-cpu-raw", "torchscript-cpu")  # run on the fresh artefacts before they are kept
 CHECK_IMAGES = 256  # real test images used for the export-time check
 GOLDEN_PER_CLASS = 1  # golden test data: the first test image of each class
 
@@ -53,7 +51,8 @@ class ExportOptions:
     out: Path | None = None  # default: exported/<dataset>-<model>
     opset: int = DEFAULT_OPSET
     exporter: str = "dynamo"
-    torchscript: bool = True
+    formats: str = "all"  # "all" or a comma-separated list (see lenet_export.formats)
+    torchscript: bool = True  # False drops torchscript from the formats
     force: bool = False
     data_dir: str | None = None
 
@@ -64,6 +63,7 @@ class ExportResult:
     files: list[str]
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     torchscript_method: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # format -> why it was not written
 
 
 class RawInputModel(nn.Module):
@@ -119,55 +119,6 @@ def build_metadata(ckpt: dict, checkpoint_sha256: str, opts: ExportOptions) -> d
     }
 
 
-def _to_onnx(module: nn.Module, sample: torch.Tensor, path: Path, input_name: str, output_names: list[str],
-             opts: ExportOptions, meta: dict) -> None:
-    import onnx
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if opts.exporter == "dynamo":
-                # A sample batch of 2 and an explicit Dim keep the batch axis symbolic (a batch of 1 would be
-                # specialised away by torch.export).
-                program = torch.onnx.export(module, (sample,), None, dynamo=True, opset_version=opts.opset,
-                                            input_names=[input_name], output_names=output_names,
-                                            dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
-                proto = program.model_proto
-            else:
-                buf = io.BytesIO()
-                axes = {name: {0: "batch"} for name in [input_name, *output_names]}
-                torch.onnx.export(module, (sample,), buf, dynamo=False, opset_version=opts.opset,
-                                  input_names=[input_name], output_names=output_names, dynamic_axes=axes)
-                proto = onnx.load_from_string(buf.getvalue())
-    except Exception as e:  # exporter internals raise many types; report the first line
-        raise ExportError(f"{opts.exporter} export failed: {first_line(e)}") from None
-    proto.doc_string = f"lenet-export {meta['model_name']} trained on {meta['dataset']}"
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, metadata_props(meta))
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ExportError(f"{path.name} fails the ONNX checker: {first_line(e)}") from None
-    onnx.save_model(proto, str(path), save_as_external_data=False)
-
-
-def _to_torchscript(model: nn.Module, sample: torch.Tensor, path: Path, meta: dict) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch 2.15 marks TorchScript deprecated; the artefact is still required
-        try:
-            scripted, method = torch.jit.script(model), "scripted"
-        except Exception:  # scripting rejects some Python constructs; tracing is exact for these static graphs
-            scripted, method = torch.jit.trace(model, sample), "traced"
-        extra = {METADATA_FILE: json.dumps({**meta, "torchscript_method": method})}
-        # Saved to memory, then written by Python: torch.jit.save straight to a full disk aborts the whole
-        # process (an uncaught c10::Error), where a Python write raises OSError (ENOSPC) like any other.
-        buf = io.BytesIO()
-        torch.jit.save(scripted, buf, _extra_files=extra)
-    path.write_bytes(buf.getvalue())
-    return method
-
-
 def _write_golden(folder: Path, inputs: list[tuple[str, np.ndarray]], outputs: list[tuple[str, np.ndarray]]) -> None:
     from onnx import numpy_helper
 
@@ -183,19 +134,23 @@ def golden_indices(labels: torch.Tensor, per_class: int = GOLDEN_PER_CLASS) -> t
 
 
 def check_artefacts(folder: Path, ckpt: dict, checkpoint_sha256: str, images: torch.Tensor, labels: torch.Tensor,
-                    with_torchscript: bool) -> dict[str, "BackendResult"]:
-    """The fresh artefacts against eager PyTorch on real images, by verify's own backends and parity rules."""
+                    formats: dict[str, list[str]]) -> dict[str, "BackendResult"]:
+    """The fresh artefacts against eager PyTorch on real images, by verify's own backends and parity rules:
+    every CPU backend whose artefact was written (and whose runtime is installed) runs."""
+    from . import backends as registry
     from .metadata import check_metadata
     from .verify import Context, Inputs, evaluate, requested
 
     inputs = Inputs(normalize(images, ckpt["mean"], ckpt["std"]).numpy(), to_raw_layout(images).numpy(), labels.numpy())
     meta = json.loads((folder / METADATA_FILE).read_text())
     ctx = Context(folder, meta, ckpt)
+    written = {f for files in formats.values() for f in files}
+    names = [n for n in registry.names("cpu") if registry.get(n).artefact in written]
     results, ref = {}, None
-    for b in requested(CHECK_BACKENDS if with_torchscript else CHECK_BACKENDS[:-1]):
+    for b in requested(tuple(names)):
         results[b.name], logits = evaluate(b, ctx, inputs, ref, Tolerance(), measure=False)
         ref = logits if ref is None else ref
-    md = check_metadata(folder, ckpt, checkpoint_sha256, torchscript=with_torchscript)
+    md = check_metadata(folder, ckpt, checkpoint_sha256, meta)
     if not md.passed:
         raise ExportError(f"exported metadata disagrees with the checkpoint: {md.failures[0]}")
     return results
@@ -228,17 +183,18 @@ def check_out(out: Path, checkpoint: Path, force: bool) -> None:
                           "--force only replaces export folders")
 
 
-def write_artefacts(tmp: Path, model: nn.Module, ckpt: dict, test, meta: dict, opts: ExportOptions) -> str | None:
-    """Write every artefact into ``tmp``; returns how TorchScript was made (None: not written)."""
+def write_artefacts(tmp: Path, model: nn.Module, ckpt: dict, test, meta: dict, opts: ExportOptions,
+                    formats: list) -> dict:
+    """Write the chosen formats, golden data and metadata.json into ``tmp``; returns what the writers recorded."""
+    from .formats import Target
+
     raw = RawInputModel(model, ckpt["mean"], ckpt["std"]).eval()
     c, h, w = ckpt["input_shape"]
-    sample = torch.zeros(2, c, h, w)
-    raw_sample = torch.zeros((2, h, w) if c == 1 else (2, h, w, c), dtype=torch.uint8)
-    _to_onnx(model, sample, tmp / "model.onnx", "input", ["logits"], opts, meta)
-    _to_onnx(raw, raw_sample, tmp / "model.raw.onnx", "images", ["logits", "probabilities"], opts,
-             {**meta, "input_name": "images", "input_layout": meta["raw_input_layout"],
-              "input_shape": meta["raw_input_shape"], "input_dtype": "uint8"})
-    method = _to_torchscript(model, sample, tmp / "model.pt", meta) if opts.torchscript else None
+    target = Target(tmp, model, raw, torch.zeros(2, c, h, w),
+                    torch.zeros((2, h, w) if c == 1 else (2, h, w, c), dtype=torch.uint8), meta, opts.exporter, opts.opset)
+    made = {}
+    for f in formats:
+        made |= f.write(target)
     gi = golden_indices(test.labels)
     gx = normalize(test.images[gi], ckpt["mean"], ckpt["std"])
     graw = to_raw_layout(test.images[gi])
@@ -248,14 +204,14 @@ def write_artefacts(tmp: Path, model: nn.Module, ckpt: dict, test, meta: dict, o
     _write_golden(tmp / "test_data_set_0", [("input", gx.numpy())], [("logits", glogits.numpy())])
     _write_golden(tmp / "raw_test_data_set_0", [("images", graw.numpy())],
                   [("logits", rlogits.numpy()), ("probabilities", rprobs.numpy())])
-    (tmp / METADATA_FILE).write_text(json.dumps({**meta, "torchscript_method": method,
+    (tmp / METADATA_FILE).write_text(json.dumps({**meta, "torchscript_method": None, **made,
                                                  "golden_test_indices": gi.tolist()}, indent=2) + "\n")
-    return method
+    return made
 
 
 def _check_written(tmp: Path, ckpt: dict, meta: dict, test, opts: ExportOptions, result: ExportResult, log) -> None:
     images, labels = test.images[:CHECK_IMAGES], test.labels[:CHECK_IMAGES]
-    checks = check_artefacts(tmp, ckpt, meta["checkpoint_sha256"], images, labels, opts.torchscript)
+    checks = check_artefacts(tmp, ckpt, meta["checkpoint_sha256"], images, labels, meta["formats"])
     tol = Tolerance()
     for name, r in list(checks.items())[1:]:
         if r.logits is not None:
@@ -284,18 +240,23 @@ def export(checkpoint: str | Path, opts: ExportOptions, log=print) -> ExportResu
     model = model_from_checkpoint(ckpt)
     out = Path(opts.out) if opts.out else Path("exported") / f"{ckpt['dataset']}-{ckpt['model']}"
     check_out(out, Path(checkpoint), opts.force)
-    meta = build_metadata(ckpt, sha256_file(checkpoint), opts)
+    formats, skipped = select(opts.formats)
+    if not opts.torchscript:
+        formats, skipped = [f for f in formats if f.name != "torchscript"], {**skipped, "torchscript": "--no-torchscript"}
+    meta = build_metadata(ckpt, sha256_file(checkpoint), opts) | {"formats": {f.name: list(f.files) for f in formats},
+                                                                   "skipped_formats": skipped}
     test = load_split(ckpt["dataset"], train=False, data_dir=opts.data_dir)
     if list(test.images.shape[1:]) != list(ckpt["input_shape"]):
         raise ConfigError(f"test images are {tuple(test.images.shape[1:])}, the model expects {tuple(ckpt['input_shape'])}")
-    result = ExportResult(out=out, files=[])
+    result = ExportResult(out=out, files=[], skipped=skipped)
     with write_errors(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         with locked(out.parent / f".{out.name}.lock", what=str(out)):
             recover_staged(out)  # what a killed export left: temporaries go, a moved-aside export comes back
             check_out(out, Path(checkpoint), opts.force)  # again, now that no other export can change it
             with staged_dir(out, replace=True) as tmp:
-                result.torchscript_method = write_artefacts(tmp, model, ckpt, test, meta, opts)
+                made = write_artefacts(tmp, model, ckpt, test, meta, opts, formats)
+                result.torchscript_method = made.get("torchscript_method")
                 _check_written(tmp, ckpt, meta, test, opts, result, log)
                 result.files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     return result

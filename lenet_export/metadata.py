@@ -1,7 +1,8 @@
 """The metadata an app reads from the artefacts, and the check that it agrees with the checkpoint.
 
-lenet-export writes the same metadata four times: ``metadata.json``, the ``metadata_props`` of
-``model.onnx`` and ``model.raw.onnx``, and TorchScript's extra file ``metadata.json`` inside ``model.pt``.
+lenet-export writes the same metadata into every artefact that can hold it: ``metadata.json``, the
+``metadata_props`` of ``model.onnx`` and ``model.raw.onnx``, the extra file ``metadata.json`` inside
+``model.pt`` (TorchScript) and ``model.pt2`` (torch.export), and OpenVINO's ``rt_info`` in ``model.xml``.
 Apps read classes and normalisation from them (``lenet_export.runtime`` does), so each copy must agree with
 the checkpoint: a wrong class list or mean there mislabels every prediction while the logits stay exact.
 """
@@ -101,20 +102,53 @@ def _compare(name: str, meta, want: dict) -> list[Mismatch]:
     return [Mismatch(name, k, v, meta.get(k, "<missing>")) for k, v in want.items() if meta.get(k) != v]
 
 
-def check_metadata(exported: Path, ckpt: dict, checkpoint_sha256: str, torchscript: bool = True) -> MetadataCheck:
-    """Compare every copy of the metadata in ``exported`` with the checkpoint; name each differing field."""
-    copies = [(METADATA_FILE, lambda p: json.loads(p.read_text()), False),
-              ("model.onnx", read_onnx_metadata, False), ("model.raw.onnx", read_onnx_metadata, True)]
-    if torchscript:
-        copies.append((f"model.pt:{METADATA_FILE}", lambda p: read_torchscript_metadata(p.parent / "model.pt"), False))
+def read_pt2_metadata(path: Path) -> dict:
+    import torch
+
+    extra = {METADATA_FILE: ""}
+    torch.export.load(str(path), extra_files=extra)
+    return json.loads(extra[METADATA_FILE] or "null")
+
+
+def read_openvino_metadata(path: Path) -> dict:
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    if not model.has_rt_info(["lenet_export"]):
+        return {}
+    keys = model.get_rt_info(["lenet_export"]).astype(dict)
+    return {k: parse_prop(model.get_rt_info(["lenet_export", k]).astype(str)) for k in keys}
+
+
+def copies(meta: dict) -> list[tuple[str, str, object, bool]]:
+    """(name, file, reader, raw input?) for every copy of the metadata an export holds."""
+    formats = meta.get("formats") or {}
+    out = [(METADATA_FILE, METADATA_FILE, lambda p: json.loads(p.read_text()), False),
+           ("model.onnx", "model.onnx", read_onnx_metadata, False),
+           ("model.raw.onnx", "model.raw.onnx", read_onnx_metadata, True)]
+    if "torchscript" in formats or (not formats and meta.get("torchscript_method")):
+        out.append((f"model.pt:{METADATA_FILE}", "model.pt", read_torchscript_metadata, False))
+    if "pt2" in formats:
+        out.append((f"model.pt2:{METADATA_FILE}", "model.pt2", read_pt2_metadata, False))
+    if "openvino" in formats:
+        out.append(("model.xml:rt_info", "model.xml", read_openvino_metadata, False))
+    return out
+
+
+def check_metadata(exported: Path, ckpt: dict, checkpoint_sha256: str, meta: dict) -> MetadataCheck:
+    """Compare every copy of the metadata in ``exported`` (``meta``: its metadata.json) with the checkpoint;
+    name each differing field. A copy whose reader's package is missing is not checked (its backend skips)."""
+    import importlib.util
+
     check = MetadataCheck()
-    for name, read, raw in copies:
-        path = exported / name.split(":")[0]
+    for name, file, read, raw in copies(meta):
+        if file == "model.xml" and importlib.util.find_spec("openvino") is None:
+            continue
         check.files.append(name)
         try:
-            meta = read(path)
-        except Exception as e:  # json, onnx and torch raise many types on garbage; report the first line
+            found = read(exported / file)
+        except Exception as e:  # json, onnx, torch and openvino raise many types on garbage: report the first line
             check.errors.append(f"{name}: cannot read its metadata ({first_line(e)})")
             continue
-        check.mismatches += _compare(name, meta, expected(ckpt, checkpoint_sha256, raw))
+        check.mismatches += _compare(name, found, expected(ckpt, checkpoint_sha256, raw))
     return check

@@ -38,6 +38,16 @@ class Context:
     checkpoint: dict
 
     def artefact(self, name: str) -> Path:
+        """The artefact's path; ``Skip`` when the export deliberately left it out (``--formats``), an error
+        when it should be there and is not."""
+        formats = self.metadata.get("formats")
+        if isinstance(formats, dict) and not any(name in files for files in formats.values()):
+            from ..formats import registry
+
+            fmt = next((f.name for f in registry().values() if name in f.files), None)
+            why = (self.metadata.get("skipped_formats") or {}).get(fmt)
+            raise Skip(f"the export has no {name} (format {fmt}: {why or 'not requested'}; "
+                       f"lenet-export onnx --formats {fmt or 'all'})")
         path = self.exported / name
         if not path.is_file():
             raise FileNotFoundError(f"missing artefact {name} in {self.exported}")

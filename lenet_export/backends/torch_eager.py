@@ -20,11 +20,13 @@ def tf32_off() -> dict:
             "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32}
 
 
-def module_runner(module, device: str) -> Runner:
-    """A Runner for any torch module (eager, TorchScript, ExportedProgram.module()) on ``device``."""
+def module_runner(module, device: str, to_eval: bool = True) -> Runner:
+    """A Runner for any torch module (eager, TorchScript, ExportedProgram.module()) on ``device``.
+    ``to_eval=False`` for an ExportedProgram's module: it was exported in eval mode and refuses ``.eval()``."""
     import torch
 
-    module = module.to(device).eval()
+    if to_eval:
+        module = module.to(device).eval()
 
     def run(x: np.ndarray) -> list[np.ndarray]:
         with torch.inference_mode():

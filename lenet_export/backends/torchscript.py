@@ -12,8 +12,8 @@ def _open(device: str):
     def open_(ctx: Context) -> Runner:
         import torch
 
-        if "torchscript_method" in ctx.metadata and ctx.metadata["torchscript_method"] is None:
-            raise Skip("exported with --no-torchscript: no model.pt")
+        if "formats" not in ctx.metadata and ctx.metadata.get("torchscript_method", "") is None:
+            raise Skip("exported with --no-torchscript: no model.pt")  # exports made before --formats
         if device == "cuda":
             cuda_device()
         path = ctx.artefact("model.pt")

@@ -1,0 +1,64 @@
+"""ONNX: ``model.onnx`` (normalised float32 ``input`` N x C x H x W -> ``logits``) and ``model.raw.onnx``
+(uint8 ``images`` as decoders give them -> ``logits``, ``probabilities``; normalisation in the graph).
+Both pass ``onnx.checker`` (full check) and strict shape inference; metadata in ``metadata_props``."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from ..errors import ExportError, first_line
+from ..metadata import metadata_props
+from .base import Format, Target
+
+
+def to_onnx(module, sample, path, input_name: str, output_names: list[str], t: Target, meta: dict) -> None:
+    import onnx
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if t.exporter == "dynamo":
+                # A sample batch of 2 and an explicit Dim keep the batch axis symbolic (a batch of 1 would be
+                # specialised away by torch.export).
+                program = torch.onnx.export(module, (sample,), None, dynamo=True, opset_version=t.opset,
+                                            input_names=[input_name], output_names=output_names,
+                                            dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+                proto = program.model_proto
+            else:
+                buf = io.BytesIO()
+                axes = {name: {0: "batch"} for name in [input_name, *output_names]}
+                torch.onnx.export(module, (sample,), buf, dynamo=False, opset_version=t.opset,
+                                  input_names=[input_name], output_names=output_names, dynamic_axes=axes)
+                proto = onnx.load_from_string(buf.getvalue())
+    except Exception as e:  # exporter internals raise many types; report the first line
+        raise ExportError(f"{t.exporter} export failed: {first_line(e)}") from None
+    proto.doc_string = f"lenet-export {meta['model_name']} trained on {meta['dataset']}"
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, metadata_props(meta))
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"{path.name} fails the ONNX checker: {first_line(e)}") from None
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+
+
+def _float(t: Target) -> dict:
+    to_onnx(t.model, t.sample, t.folder / "model.onnx", "input", ["logits"], t, t.metadata)
+    return {}
+
+
+def _raw(t: Target) -> dict:
+    m = t.metadata
+    meta = {**m, "input_name": "images", "input_layout": m["raw_input_layout"], "input_shape": m["raw_input_shape"],
+            "input_dtype": "uint8"}
+    to_onnx(t.raw_model, t.raw_sample, t.folder / "model.raw.onnx", "images", ["logits", "probabilities"], t, meta)
+    return {}
+
+
+FORMATS = (
+    Format("onnx", ("model.onnx",), _float, required=True),
+    Format("raw-onnx", ("model.raw.onnx",), _raw, required=True),
+)
