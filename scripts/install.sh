@@ -7,8 +7,9 @@ EXTRAS=$1
 
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 echo "installing lenet-export[$EXTRAS] into .venv (log: .venv/install.log)"
-# pip and setuptools chatter goes to the log; it is shown only if the install fails.
-if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".[$EXTRAS]"; } \
+# pip and setuptools chatter goes to the log; it is shown only if the install fails. constraints.txt pins
+# the versions the shipped models and the README's figures come from (README, "Guarantees").
+if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -c constraints.txt -e ".[$EXTRAS]"; } \
      > .venv/install.log 2>&1; then
   cat .venv/install.log >&2
   exit 1

@@ -41,3 +41,10 @@ def fill(folder: Path, leave_bytes: int) -> None:
     free = st.f_bavail * st.f_frsize
     if free > leave_bytes:
         (folder / "filler").write_bytes(b"\0" * (free - leave_bytes))
+
+
+def remount(where: Path, read_only: bool) -> None:
+    r = subprocess.run(["mount", "-o", f"remount,{'ro' if read_only else 'rw'}", str(where)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot remount {where}: {r.stderr.strip()}")

@@ -14,8 +14,8 @@ refused, and a killed run's lock goes with its process.
 from __future__ import annotations
 
 import csv
-import json
 import io
+import json
 import math
 import os
 import warnings
