@@ -38,6 +38,7 @@ def select(spec: str) -> tuple[list[Format], dict[str, str]]:
     chosen, skipped = [], {}
     for f in reg.values():
         if not (f.required or f.name in names):
+            skipped[f.name] = "not requested (--formats)"
             continue
         why = f.missing()
         if why and spec.strip() != "all":
