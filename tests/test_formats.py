@@ -65,8 +65,10 @@ def test_fp16_compressed_openvino_ir_fails_verify(runs, exports, fmnist_dir, tmp
 
     bad = tmp_path / "bad"
     shutil.copytree(exports("fashion-mnist"), bad)
-    model = ov.Core().read_model(str(bad / "model.xml"))
-    ov.save_model(model, str(bad / "model.xml"), compress_to_fp16=True)  # openvino's default
+    model = ov.Core().read_model(str(bad / "model.xml"))  # maps model.bin: save elsewhere, then move over it
+    ov.save_model(model, str(tmp_path / "fp16.xml"), compress_to_fp16=True)  # openvino's default
+    for ext in ("xml", "bin"):
+        (tmp_path / f"fp16.{ext}").replace(bad / f"model.{ext}")
     rep = verify(VerifyOptions(exported=bad, checkpoint=runs("fashion-mnist") / "best.pth", data_dir=str(fmnist_dir),
                                backends=("openvino-cpu",)), log=lambda _: None)
     e = rep.backends["openvino-cpu"]
