@@ -164,6 +164,36 @@ def verify(
 
 @app.command()
 @cli_errors
+def bench(
+    exported: Annotated[Path, typer.Option(help="Export folder written by `lenet-export onnx`.")] = Path(
+        "exported/fashion-mnist-lenet-modern"),
+    checkpoint: Annotated[Optional[Path], typer.Option(help="The checkpoint it was exported from; "
+                                                            "default: <exported>/best.pth.")] = None,
+    data_dir: DataDir = None,
+    backends: Annotated[str, typer.Option(help="Comma-separated CPU backends, or all.")] = "all",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the rows as JSON here.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option(help="Write the table as Markdown here.")] = None,
+):
+    """Compare the CPU runtimes side by side: size, latency, best-batch throughput, and parity."""
+    import dataclasses
+    import json
+
+    from .bench import bench as run_bench, markdown as to_markdown
+    from .fsutil import atomic_write_json, atomic_write_text, write_errors
+    from .ui import bench_table, console, log
+
+    names = None if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
+    rows = run_bench(exported, checkpoint, str(data_dir) if data_dir else None, names, log=log)
+    console.print(bench_table(rows, str(exported)))
+    with write_errors(json_out or markdown or "."):
+        if json_out:
+            atomic_write_json(json_out, [dataclasses.asdict(r) for r in rows])
+        if markdown:
+            atomic_write_text(markdown, to_markdown(rows, f"Runtimes on {exported}") + "\n")
+
+
+@app.command()
+@cli_errors
 def predict(
     images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files.")],
     model: Annotated[Path, typer.Option(help="An exported model.onnx or model.raw.onnx.")] = Path(

@@ -104,3 +104,18 @@ def print_report(rep: "Report", path=None) -> None:
         console.print(f"no sample changes class between any two of the {len(pw.backends)} backends that ran")
     if rep.passed:
         console.print("[green]parity passed[/]" + (f"; report: {path}" if path else ""))
+
+
+def bench_table(rows: list, title: str):
+    """``lenet-export bench`` rows as a rich table."""
+    from rich.table import Table
+
+    t = Table(title=f"runtimes on {title}", title_justify="left")
+    for col in ("runtime", "size KiB", "status", "accuracy", "max|Δ|", "b1 ms", "best batch", "img/s"):
+        t.add_column(col, justify="left" if col in ("runtime", "status") else "right", no_wrap=True)
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for r in rows:
+        t.add_row(r.backend, fmt(r.size_bytes and r.size_bytes / 1024, ",.0f"), r.status, fmt(r.accuracy, ".4f"),
+                  fmt(r.max_abs_diff, ".1e"), fmt(r.latency_ms_batch1, ".3f"), fmt(r.best_batch, ""),
+                  fmt(r.throughput_img_s, ",.0f"))
+    return t
