@@ -1,0 +1,147 @@
+"""Layer-wise localisation: find the first layer where a runtime's values leave the reference's.
+
+    lenet-export diff --exported DIR --backend ort-cpu [--samples 64] [--json FILE]
+
+The first ``samples`` test images run through eager PyTorch with forward hooks on every leaf module and
+through the backend's runtime with its intermediate values exposed (``probes``); the runtime's tensors are
+matched to torch modules by the names the exporter records (``mapping``). Each comparable point gets max and
+mean |Δ|, relative L2 error and SQNR, accumulated batch by batch (``stats``); the first point beyond the
+parity tolerance (``parity.Tolerance``, same defaults as verify) is ``first_divergent_layer``.
+
+``verify`` calls ``attach`` for every failing backend that diff supports; it never raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..backends import Context, Skip
+from ..errors import ConfigError, first_line
+from ..parity import Tolerance
+from .mapping import INPUT
+from .probes import PROBES, hooked, open_probe, supports
+from .stats import Accumulator, LayerStats
+
+DEFAULT_SAMPLES = 64
+BATCH = 64  # activations of one batch at a time: memory does not grow with --samples
+
+__all__ = ["DEFAULT_SAMPLES", "DiffOptions", "DiffResult", "LayerStats", "PROBES", "attach", "diff", "localise",
+           "supports"]
+
+
+@dataclass
+class DiffOptions:
+    exported: Path
+    backend: str
+    checkpoint: Path | None = None  # default: <exported>/best.pth
+    data_dir: str | None = None
+    samples: int = DEFAULT_SAMPLES  # the first N test images
+    tolerance: Tolerance = Tolerance()
+
+
+@dataclass
+class DiffResult:
+    backend: str
+    artefact: str
+    runtime: str
+    samples: int
+    tolerance: Tolerance
+    layers: list[LayerStats] = field(default_factory=list)
+    first_divergent_layer: str | None = None  # torch module path of the first point beyond tolerance
+    first_divergent_modules: list[str] = field(default_factory=list)  # the modules that point covers
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def first(self) -> LayerStats | None:
+        return next((s for s in self.layers if not s.within_tolerance), None)
+
+    def to_dict(self) -> dict:
+        from ..report import json_safe
+
+        return json_safe(dataclasses.asdict(self))
+
+
+def _rows(order: list[str], kinds: dict[str, str], points: dict[str, str]) -> tuple[list[LayerStats], list[str]]:
+    """Comparable points in execution order; each covers the torch leaves since the previous point."""
+    points = dict(points)
+    for prev, leaf in zip(order, order[1:]):  # a batch norm folded into the conv before it (see mapping)
+        if kinds[leaf].startswith("BatchNorm") and leaf not in points and prev in points:
+            points[leaf] = points.pop(prev)
+    rows = [LayerStats(INPUT, points[INPUT], [INPUT])] if INPUT in points else []
+    pending: list[str] = []
+    for leaf in order:
+        pending.append(leaf)
+        if leaf in points:
+            rows.append(LayerStats(leaf, points[leaf], pending))
+            pending = []
+    notes = [f"no runtime tensor for {', '.join(pending)} (after the last mapped layer)"] if pending else []
+    unknown = [k for k in points if k != INPUT and k not in kinds]
+    if unknown:
+        notes.append(f"runtime names modules the checkpoint's model does not have: {', '.join(unknown)}")
+    return rows, notes
+
+
+def localise(backend: str, ctx: Context, x_float: np.ndarray, x_uint8: np.ndarray,
+             tol: Tolerance = Tolerance()) -> DiffResult:
+    """Compare ``backend``'s intermediate values with eager PyTorch's on these samples, point by point."""
+    import torch
+
+    from .. import backends as registry
+    from ..checkpoint import model_from_checkpoint
+
+    if not supports(backend):
+        open_probe(backend, ctx)  # raises the one-line "not supported" error
+    try:
+        registry.get(backend).require_package()
+        probe = open_probe(backend, ctx)
+    except Skip as e:
+        raise ConfigError(f"{backend} cannot run here: {e}") from None
+    model = model_from_checkpoint(ctx.checkpoint)
+    kinds = {n: type(m).__name__ for n, m in model.named_modules() if n and not list(m.children())}
+    ref_run = hooked(model, list(kinds))
+    order = list(ref_run(torch.from_numpy(np.ascontiguousarray(x_float[:2]))))  # execution order
+    rows, notes = _rows(order, kinds, probe.points)
+    accs = [Accumulator(r, tol) for r in rows]
+    for i in range(0, len(x_float), BATCH):
+        xf, xu = np.ascontiguousarray(x_float[i:i + BATCH]), np.ascontiguousarray(x_uint8[i:i + BATCH])
+        ref = {k: v.numpy() for k, v in ref_run(torch.from_numpy(xf)).items()}
+        ref[INPUT] = xf
+        out = probe.run(xf, xu)
+        for a in accs:
+            a.add(ref[a.s.layer], out[a.s.tensor])
+    res = DiffResult(backend, probe.artefact, probe.runtime, len(x_float), tol, [a.finish() for a in accs],
+                     notes=notes)
+    if (first := res.first) is not None:
+        res.first_divergent_layer, res.first_divergent_modules = first.layer, list(first.modules)
+    return res
+
+
+def diff(opts: DiffOptions) -> DiffResult:
+    """``lenet-export diff``: load the export, its checkpoint and the first ``opts.samples`` test images."""
+    from ..verify import load_artefacts, load_inputs
+
+    if not supports(opts.backend):
+        open_probe(opts.backend, None)
+    if not isinstance(opts.samples, int) or opts.samples < 1:
+        raise ConfigError(f"--samples must be a positive integer, got {opts.samples}")
+    exported = Path(opts.exported)
+    meta, ckpt, _, _ = load_artefacts(exported, opts.checkpoint)
+    inputs, _ = load_inputs(ckpt["dataset"], ckpt, opts.data_dir)
+    n = min(opts.samples, len(inputs.labels))
+    return localise(opts.backend, Context(exported, meta, ckpt), inputs.float[:n], inputs.uint8[:n], opts.tolerance)
+
+
+def attach(report, ctx: Context, inputs, tol: Tolerance, samples: int = DEFAULT_SAMPLES) -> None:
+    """For ``verify``: localise every failed backend that ran and that diff supports, into its
+    ``layer_diff`` (the table, or ``{"error": ...}``). Never raises: diff must not take verify down."""
+    for name, res in report.backends.items():
+        if res.status != "failed" or not res.ran or not supports(name):
+            continue
+        try:
+            res.layer_diff = localise(name, ctx, inputs.float[:samples], inputs.uint8[:samples], tol).to_dict()
+        except Exception as e:  # any runtime's own error types: one line in the report
+            res.layer_diff = {"error": f"diff failed: {first_line(e)}"}

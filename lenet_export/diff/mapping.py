@@ -1,0 +1,67 @@
+"""Which runtime tensor holds which torch module's output: read from an exported ONNX graph.
+
+The dynamo exporter records, on every node, the module path it came from (``pkg.torch.onnx.name_scopes``:
+``['', 'features', 'features.5', '_native_batch_norm_legit_no_training_1']``); the legacy TorchScript exporter
+names nodes after it (``/features/features.5/Conv``). A module's output is the output of the last node in
+its scope. ``layer_map(proto)`` is recorded in metadata.json at export time (``layer_map`` for model.onnx,
+``raw_layer_map`` for model.raw.onnx) and recomputed from the file for exports made before that.
+
+Batch norm: the exporter folds each ``BatchNorm2d`` into the convolution before it. The dynamo exporter then
+attributes the single Conv node to the batch norm (``features.1``), so the conv's own output
+(``features.0``) has no tensor and the stage's output *after* batch norm is the comparable point; ``diff``
+reports such a row as covering both modules. (The legacy exporter attributes the fused Conv to the conv
+module; ``diff`` moves it to the batch norm, where its value belongs.)
+
+Only the ``onnx`` package's protobuf classes are touched; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import ast
+
+INPUT = "input"  # the key of the normalised input inside model.raw.onnx (its uint8 -> float prefix)
+SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def _module_of(node, prefix: str) -> str | None:
+    """The torch module path a node came from, without ``prefix`` (``model.`` in model.raw.onnx), or None
+    for nodes outside the model (the raw model's normalisation and softmax)."""
+    props = {p.key: p.value for p in node.metadata_props}
+    if SCOPES in props:
+        try:
+            scopes = ast.literal_eval(props[SCOPES])
+        except (ValueError, SyntaxError):
+            return None
+        path = scopes[-2] if len(scopes) >= 2 else ""  # the last entry is the op itself
+    elif node.name.startswith("/"):  # legacy exporter: /features/features.5/Conv
+        parts = node.name.strip("/").split("/")
+        path = parts[-2] if len(parts) >= 2 else ""
+    else:
+        return None
+    if not path.startswith(prefix):
+        return None
+    return path[len(prefix):] or None
+
+
+def layer_map(proto, prefix: str | None = None) -> dict[str, str]:
+    """``{torch module path: ONNX tensor name}`` in graph order, plus ``input`` -> the normalised input where
+    the graph computes it (model.raw.onnx). ``prefix``: the model's path inside the exported module
+    (default: ``model.`` when the graph's modules all sit under it, as in model.raw.onnx)."""
+    nodes = list(proto.graph.node)
+    if prefix is None:
+        paths = [p for n in nodes if (p := _module_of(n, "")) is not None]
+        prefix = "model." if paths and all(p == "model" or p.startswith("model.") for p in paths) else ""
+    out: dict[str, str] = {}
+    inits = {t.name for t in proto.graph.initializer}
+    graph_inputs = {i.name for i in proto.graph.input}
+    for n in nodes:
+        mod = _module_of(n, prefix)
+        if mod is None or not n.output:
+            continue
+        if not out:  # the first node of the model: what it reads is the model's input
+            first = next((i for i in n.input if i and i not in inits), None)
+            if first and first not in graph_inputs:
+                out[INPUT] = first
+        out.pop(mod, None)  # re-insert: keep the order of each module's *last* node
+        out[mod] = n.output[0]
+    return out
