@@ -164,6 +164,38 @@ def verify(
 
 @app.command()
 @cli_errors
+def diff(
+    backend: Annotated[str, typer.Option(help="Runtime to localise: ort-cpu, ort-cpu-raw, ort-cuda, ort-cuda-raw, "
+                                              "openvino-cpu, torchscript-cpu, torchscript-cuda, pt2-cpu.")],
+    exported: Annotated[Path, typer.Option(help="Export folder written by `lenet-export onnx`.")] = Path(
+        "exported/fashion-mnist-lenet-modern"),
+    checkpoint: Annotated[Optional[Path], typer.Option(help="The checkpoint it was exported from; "
+                                                            "default: <exported>/best.pth.")] = None,
+    data_dir: DataDir = None,
+    samples: Annotated[int, typer.Option(help="Run the first N test images.")] = 64,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance per activation (as verify's per logit).")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance per activation.")] = 1e-4,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the table as JSON here.")] = None,
+):
+    """Find the first layer where a runtime's values leave eager PyTorch's (exit 1 when one does)."""
+    from .diff import DiffOptions, diff as run_diff
+    from .fsutil import atomic_write_json, write_errors
+    from .parity import Tolerance
+    from .ui import console, diff_line, diff_table
+
+    res = run_diff(DiffOptions(exported=exported, backend=backend, checkpoint=checkpoint, samples=samples,
+                               data_dir=str(data_dir) if data_dir else None, tolerance=Tolerance(atol, rtol)))
+    console.print(diff_table(res))
+    console.print(diff_line(backend, res.to_dict()), markup=False)
+    if json_out:
+        with write_errors(json_out):
+            atomic_write_json(json_out, res.to_dict())
+    if res.first_divergent_layer:
+        raise typer.Exit(1)
+
+
+@app.command()
+@cli_errors
 def bench(
     exported: Annotated[Path, typer.Option(help="Export folder written by `lenet-export onnx`.")] = Path(
         "exported/fashion-mnist-lenet-modern"),

@@ -40,6 +40,7 @@ class BackendResult:
     batch_invariance: BatchInvariance | None = None
     timing: Timing | None = None
     seconds_full_pass: float | None = None
+    layer_diff: dict | None = None  # failed backends: `lenet-export diff`'s table (lenet_export.diff.attach)
 
     @property
     def ran(self) -> bool:

@@ -88,6 +88,8 @@ def print_report(rep: "Report", path=None) -> None:
             console.print(f"{name} ran on: {escape(ran_on(r))}")
         for f in r.failures:
             console.print(f"[bold red]FAIL[/] {name}: {escape(f)}")
+        if r.layer_diff:
+            console.print(diff_line(name, r.layer_diff), markup=False)
         if r.status == "skipped":
             console.print(f"[yellow]skipped[/] {name}: {escape(r.reason or '')}")
     md = rep.metadata
@@ -104,6 +106,38 @@ def print_report(rep: "Report", path=None) -> None:
         console.print(f"no sample changes class between any two of the {len(pw.backends)} backends that ran")
     if rep.passed:
         console.print("[green]parity passed[/]" + (f"; report: {path}" if path else ""))
+
+
+def diff_line(backend: str, d: dict) -> str:
+    """One line per localised backend (``DiffResult.to_dict()``, or ``{"error": ...}`` when diff failed)."""
+    if "error" in d:
+        return f"{backend}: {d['error']}"
+    first = next((r for r in d["layers"] if r["layer"] == d["first_divergent_layer"]), None)
+    if first is None:
+        return f"{backend}: every layer within tolerance on {d['samples']} samples"
+    where = "+".join(first["modules"]) if len(first["modules"]) > 1 else first["layer"]
+    return (f"{backend} first diverges at {where} (tensor {first['tensor']}: max |Δ| {float(first['max_abs']):.3e}, "
+            f"SQNR {float(first['sqnr_db']):.1f} dB)")
+
+
+def diff_table(res):
+    """``lenet-export diff``'s per-layer table."""
+    from rich.table import Table
+
+    tol = res.tolerance
+    t = Table(title=f"{res.backend} ({res.artefact}, {res.runtime}) vs torch-cpu, layer by layer on {res.samples} "
+                    f"test images, atol {tol.atol:g} rtol {tol.rtol:g}", title_justify="left")
+    for col in ("layer", "runtime tensor", "shape", "max|Δ|", "mean|Δ|", "rel err", "SQNR dB", ""):
+        t.add_column(col, no_wrap=True, justify="left" if col in ("layer", "runtime tensor", "shape", "") else "right")
+    for s in res.layers:
+        mark = s.note or ("ok" if s.within_tolerance else "[bold red]BEYOND TOLERANCE[/]")
+        if s.layer == res.first_divergent_layer:
+            mark += " [bold red]<- first[/]"
+        t.add_row(s.label, s.tensor, "x".join(map(str, s.shape)), f"{s.max_abs:.2e}", f"{s.mean_abs:.2e}",
+                  f"{s.rel_l2:.2e}", f"{s.sqnr_db:.1f}", mark)
+    for n in res.notes:
+        t.caption = (t.caption + "; " if t.caption else "") + n
+    return t
 
 
 def bench_table(rows: list, title: str):

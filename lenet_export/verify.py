@@ -217,6 +217,9 @@ def verify(opts: VerifyOptions, log=print) -> Report:
     if REFERENCE not in outputs:
         raise ConfigError(f"the reference ({REFERENCE}) could not run: {rep.backends[REFERENCE].reason}")
     rep.reference_accuracy = rep.backends[REFERENCE].accuracy
+    from .diff import attach
+
+    attach(rep, ctx, inputs, opts.tolerance)  # first diverging layer of each failed backend; never raises
     rep.pairwise = pairwise(outputs)
     if opts.report:
         rep.write(opts.report)

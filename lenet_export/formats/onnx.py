@@ -12,7 +12,7 @@ from ..metadata import metadata_props
 from .base import Format, Target
 
 
-def to_onnx(module, sample, path, input_name: str, output_names: list[str], t: Target, meta: dict) -> None:
+def to_onnx(module, sample, path, input_name: str, output_names: list[str], t: Target, meta: dict):
     import onnx
     import torch
 
@@ -43,19 +43,25 @@ def to_onnx(module, sample, path, input_name: str, output_names: list[str], t: T
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ExportError(f"{path.name} fails the ONNX checker: {first_line(e)}") from None
     onnx.save_model(proto, str(path), save_as_external_data=False)
+    return proto
 
 
 def _float(t: Target) -> dict:
-    to_onnx(t.model, t.sample, t.folder / "model.onnx", "input", ["logits"], t, t.metadata)
-    return {}
+    from ..diff.mapping import layer_map
+
+    proto = to_onnx(t.model, t.sample, t.folder / "model.onnx", "input", ["logits"], t, t.metadata)
+    return {"layer_map": layer_map(proto)}  # torch module -> ONNX tensor, for `lenet-export diff`
 
 
 def _raw(t: Target) -> dict:
+    from ..diff.mapping import layer_map
+
     m = t.metadata
     meta = {**m, "input_name": "images", "input_layout": m["raw_input_layout"], "input_shape": m["raw_input_shape"],
             "input_dtype": "uint8"}
-    to_onnx(t.raw_model, t.raw_sample, t.folder / "model.raw.onnx", "images", ["logits", "probabilities"], t, meta)
-    return {}
+    proto = to_onnx(t.raw_model, t.raw_sample, t.folder / "model.raw.onnx", "images", ["logits", "probabilities"],
+                    t, meta)
+    return {"raw_layer_map": layer_map(proto, prefix="model.")}
 
 
 FORMATS = (
