@@ -33,9 +33,11 @@ def _module_of(node, prefix: str) -> str | None:
         except (ValueError, SyntaxError):
             return None
         path = scopes[-2] if len(scopes) >= 2 else ""  # the last entry is the op itself
-    elif node.name.startswith("/"):  # legacy exporter: /features/features.5/Conv
+    elif node.name.startswith("/"):  # legacy exporter: /features/features.5/Conv, /model/features/features.5/Conv
         parts = node.name.strip("/").split("/")
-        path = parts[-2] if len(parts) >= 2 else ""
+        if len(parts) < 2 or (prefix and parts[0] != prefix.rstrip(".")):
+            return None  # a top-level node (the raw model's normalisation and softmax)
+        return parts[-2]  # the module path, relative to the model in both files
     else:
         return None
     if not path.startswith(prefix):
