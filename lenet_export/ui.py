@@ -125,7 +125,7 @@ def diff_table(res):
     from rich.table import Table
 
     tol = res.tolerance
-    t = Table(title=f"{res.backend} ({res.artefact}, {res.runtime}) vs torch-cpu, layer by layer on {res.samples} "
+    t = Table(title=f"{res.backend} ({res.artefact}, {res.runtime}) vs torch-cpu on {res.samples} "
                     f"test images, atol {tol.atol:g} rtol {tol.rtol:g}", title_justify="left")
     for col in ("layer", "runtime tensor", "shape", "max|Δ|", "mean|Δ|", "rel err", "SQNR dB", ""):
         t.add_column(col, no_wrap=True, justify="left" if col in ("layer", "runtime tensor", "shape", "") else "right")
