@@ -186,7 +186,7 @@ def diff(
     res = run_diff(DiffOptions(exported=exported, backend=backend, checkpoint=checkpoint, samples=samples,
                                data_dir=str(data_dir) if data_dir else None, tolerance=Tolerance(atol, rtol)))
     console.print(diff_table(res))
-    console.print(diff_line(backend, res.to_dict()), markup=False)
+    console.print(diff_line(backend, res.to_dict()), markup=False, soft_wrap=True)
     if json_out:
         with write_errors(json_out):
             atomic_write_json(json_out, res.to_dict())

@@ -89,7 +89,7 @@ def print_report(rep: "Report", path=None) -> None:
         for f in r.failures:
             console.print(f"[bold red]FAIL[/] {name}: {escape(f)}")
         if r.layer_diff:
-            console.print(diff_line(name, r.layer_diff), markup=False)
+            console.print(diff_line(name, r.layer_diff), markup=False, soft_wrap=True)
         if r.status == "skipped":
             console.print(f"[yellow]skipped[/] {name}: {escape(r.reason or '')}")
     md = rep.metadata

@@ -23,7 +23,7 @@ from ..backends import Context, Skip
 from ..errors import ConfigError, first_line
 from ..parity import Tolerance
 from .mapping import INPUT
-from .probes import PROBES, hooked, open_probe, supports
+from .probes import PROBES, hooked, open_probe, require_supported, supports
 from .stats import Accumulator, LayerStats
 
 DEFAULT_SAMPLES = 64
@@ -93,8 +93,7 @@ def localise(backend: str, ctx: Context, x_float: np.ndarray, x_uint8: np.ndarra
     from .. import backends as registry
     from ..checkpoint import model_from_checkpoint
 
-    if not supports(backend):
-        open_probe(backend, ctx)  # raises the one-line "not supported" error
+    require_supported(backend)
     try:
         registry.get(backend).require_package()
         probe = open_probe(backend, ctx)
@@ -124,8 +123,7 @@ def diff(opts: DiffOptions) -> DiffResult:
     """``lenet-export diff``: load the export, its checkpoint and the first ``opts.samples`` test images."""
     from ..verify import load_artefacts, load_inputs
 
-    if not supports(opts.backend):
-        open_probe(opts.backend, None)
+    require_supported(opts.backend)
     if not isinstance(opts.samples, int) or opts.samples < 1:
         raise ConfigError(f"--samples must be a positive integer, got {opts.samples}")
     exported = Path(opts.exported)

@@ -195,8 +195,12 @@ def supports(backend: str) -> bool:
     return backend in PROBES
 
 
-def open_probe(backend: str, ctx: Context) -> Probe:
+def require_supported(backend: str) -> None:
     if backend not in PROBES:
         raise ConfigError(f"diff does not support backend {backend!r} (its runtime exposes no intermediate "
                           f"values here); supported: {', '.join(PROBES)}")
+
+
+def open_probe(backend: str, ctx: Context) -> Probe:
+    require_supported(backend)
     return PROBES[backend](ctx)
