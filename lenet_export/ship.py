@@ -88,6 +88,8 @@ Classes: {', '.join(meta['classes'])}.
 
 {skipped_txt}
 
+Metadata: {"all " + str(len(rep.metadata.files)) + " copies agree with the checkpoint (" + ", ".join(rep.metadata.files) + ")"
+           if rep.metadata.passed else "; ".join(rep.metadata.failures)}.
 Full report: `verify.json`.
 
 ## Files
@@ -95,6 +97,8 @@ Full report: `verify.json`.
   `(pixel / 255 - mean) / std`, mean {meta['mean']}, std {meta['std']}) -> `logits` N x 10. Opset {meta['opset']}, {meta['exporter']} exporter.
 - `model.raw.onnx`: uint8 `images` {raw_shape} as an image decoder gives them -> `logits`, `probabilities`.
 - `model.pt`: TorchScript ({meta.get('torchscript_method')}), metadata in the extra file `metadata.json`.
+- `model.pt2`: torch.export ExportedProgram (dynamic batch), metadata in its extra file `metadata.json`.
+- `model.xml` + `model.bin`: OpenVINO IR in FP32, metadata in `rt_info` (`lenet_export`).
 - `test_data_set_0/`, `raw_test_data_set_0/`: golden inputs/outputs (ONNX test-data layout), one real test image per class.
 - `best.pth`: the checkpoint (sha256 `{meta['checkpoint_sha256']}`), `metadata.json`, `metrics.json`, `history.csv`.
 
