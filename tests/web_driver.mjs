@@ -1,0 +1,90 @@
+// Drives the browser example (examples/web) in headless Chromium with puppeteer-core, for tests/test_web.py.
+//
+//   node tests/web_driver.mjs config.json     -> one JSON line on stdout: a result per step
+//
+// config: {chromium, url, steps: [...]}; each step opens a fresh page and does what it names:
+//   {model, batch: {file, n}, upload, screenshot}  page url?model=<model>; classifyBatch on the n images in
+//                                                  `file` (raw uint8); the file chooser given `upload`;
+//                                                  a screenshot of the page
+//   {html}                                          a page of its own at url + "snippet.html" (served by the
+//                                                  driver), whose console lines are returned
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const require = createRequire(path.join(here, '..', 'examples', 'web', 'package.json'));
+const puppeteer = require('puppeteer-core');
+
+const TIMEOUT = 60_000;
+
+async function pageStep(browser, cfg, step) {
+  const page = await browser.newPage();
+  await page.setViewport({ width: 980, height: 640 });
+  const errors = [];
+  const consoleLines = [];
+  page.on('pageerror', (e) => errors.push(String(e.message || e).split('\n')[0]));
+  page.on('console', (m) => (m.type() === 'error' ? errors : consoleLines).push(m.text()));
+  page.on('requestfailed', (r) => errors.push(`request failed: ${r.url()} ${r.failure()?.errorText}`));
+  const out = { errors, console: consoleLines };
+  if (step.html) {
+    await page.setRequestInterception(true);
+    page.on('request', (r) => (r.url() === `${cfg.url}snippet.html`
+      ? r.respond({ status: 200, contentType: 'text/html', body: step.html }) : r.continue()));
+    await page.goto(`${cfg.url}snippet.html`);
+    const t0 = Date.now();
+    while (!consoleLines.length && !errors.length && Date.now() - t0 < TIMEOUT) {
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    await page.close();
+    return out;
+  }
+  await page.goto(`${cfg.url}?model=${encodeURIComponent(step.model)}`);
+  out.model = await page.evaluate(async () => {
+    await window.lenet.ready;
+    const m = window.lenet.model;
+    return { name: m.name, classes: m.classes, h: m.h, w: m.w, c: m.c };
+  });
+  if (step.batch) {
+    const b64 = fs.readFileSync(step.batch.file).toString('base64');
+    const t = Date.now();
+    out.logits = await page.evaluate((s, n) => window.classifyBatch(Uint8Array.from(atob(s), (ch) => ch.charCodeAt(0)), n),
+                                     b64, step.batch.n);
+    out.batch_ms = Date.now() - t;
+  }
+  if (step.upload) {
+    const input = await page.$('#file');
+    await input.uploadFile(step.upload);
+    await page.waitForFunction(() => document.body.dataset.results === '1' || document.body.dataset.state === 'error',
+                               { timeout: TIMEOUT });
+    out.shown = await page.$$eval('#top li', (lis) => lis.map((li) => ({
+      name: li.querySelector('.name').textContent, percent: parseFloat(li.querySelector('.p').textContent) })));
+    out.source = await page.$eval('#source', (e) => e.textContent);
+  }
+  out.status = await page.$eval('#status', (e) => e.textContent);
+  out.about = await page.$eval('#about', (e) => e.textContent);
+  if (step.screenshot) await page.screenshot({ path: step.screenshot });
+  await page.close();
+  return out;
+}
+
+async function main() {
+  const cfg = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
+  const args = ['--headless=new', '--disable-gpu', '--no-first-run', '--disable-dev-shm-usage'];
+  if (process.getuid?.() === 0) args.push('--no-sandbox'); // Chromium refuses to run as root with its sandbox
+  const browser = await puppeteer.launch({ executablePath: cfg.chromium, args, headless: true, timeout: TIMEOUT,
+                                           protocolTimeout: 4 * TIMEOUT });
+  try {
+    const results = [];
+    for (const step of cfg.steps) results.push(await pageStep(browser, cfg, step));
+    process.stdout.write(`${JSON.stringify(results)}\n`);
+  } finally {
+    await browser.close();
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`web_driver: ${String(e.message || e).split('\n')[0]}\n`);
+  process.exit(1);
+});
