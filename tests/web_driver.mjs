@@ -25,8 +25,14 @@ async function pageStep(browser, cfg, step) {
   const errors = [];
   const consoleLines = [];
   page.on('pageerror', (e) => errors.push(String(e.message || e).split('\n')[0]));
-  page.on('console', (m) => (m.type() === 'error' ? errors : consoleLines).push(m.text()));
+  page.on('console', (m) => {
+    if (m.type() !== 'error') consoleLines.push(m.text());
+    else if (!m.text().startsWith('Failed to load resource')) errors.push(m.text()); // named below, with its URL
+  });
   page.on('requestfailed', (r) => errors.push(`request failed: ${r.url()} ${r.failure()?.errorText}`));
+  page.on('response', (r) => {
+    if (r.status() >= 400 && !r.url().endsWith('/favicon.ico')) errors.push(`HTTP ${r.status()} ${r.url()}`);
+  });
   const out = { errors, console: consoleLines };
   if (step.html) {
     await page.setRequestInterception(true);

@@ -1,10 +1,10 @@
 """A tiny static server for the browser example, on the loopback interface only.
 
     python3 examples/web/serve.py                      # every exported/*/model.raw.onnx, port 8000
-    python3 examples/web/serve.py --model path/to/model.raw.onnx --port 0   # 0: any free port
+    python3 examples/web/serve.py --model mine=path/to/model.raw.onnx --port 0   # 0: any free port
 
 Serves this folder (index.html, app.js, node_modules/onnxruntime-web's wasm files), each model as
-/models/<its folder's name>/model.raw.onnx, listed in /models.json, and the example images in
+/models/<name>/model.raw.onnx (NAME= given, else its folder's name), listed in /models.json, and the example images in
 examples/images as /images/<file>. Prints the page's URL on its first line.
 Standard library only: no torch, no lenet_export.
 """
@@ -66,22 +66,25 @@ class Handler(SimpleHTTPRequestHandler):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", action="append", type=Path,
-                   help="a model.raw.onnx to offer (repeatable; default: every exported/*/model.raw.onnx)")
+    p.add_argument("--model", action="append", metavar="[NAME=]PATH",
+                   help="a model.raw.onnx to offer, named NAME or after its folder (repeatable; "
+                        "default: every exported/*/model.raw.onnx)")
     p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000; 0: any free port)")
     a = p.parse_args(argv)
-    models = a.model or sorted(EXPORTED.glob("*/model.raw.onnx"))
-    for m in models:
-        if not m.is_file():
-            p.error(f"no such model: {m}")
-    if not models:
+    named: dict[str, Path] = {}
+    for spec in a.model or sorted(map(str, EXPORTED.glob("*/model.raw.onnx"))):
+        name, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
+        path = Path(path).resolve()
+        if not path.is_file():
+            p.error(f"no such model: {path}")
+        name = name or path.parent.name
+        if name in named or "/" in name:
+            p.error(f"model name {name!r} is taken or has a slash: pass --model NAME=PATH")
+        named[name] = path
+    if not named:
         p.error("no model: pass --model path/to/model.raw.onnx")
     if not (HERE / "node_modules" / "onnxruntime-web").is_dir():
         p.error(f"onnxruntime-web is missing: cd {HERE} && npm ci --ignore-scripts")
-    named: dict[str, Path] = {}
-    for m in models:  # named after their folder; a second folder of the same name gets a suffix
-        name = m.resolve().parent.name
-        named[name if name not in named else f"{name}-{len(named)}"] = m.resolve()
     server = ThreadingHTTPServer(("127.0.0.1", a.port), functools.partial(Handler, models=named))
     print(f"http://127.0.0.1:{server.server_address[1]}/", flush=True)
     try:
