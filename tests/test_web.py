@@ -33,7 +33,8 @@ PAGE_SAMPLES = 256  # real test images per data set through the page's classifyB
 PAGE_ATOL = 1e-4
 SHIPPED = REPO / "exported" / "fashion-mnist-lenet-modern"
 UPLOAD = {"fashion-mnist": REPO / "examples" / "images" / "fashion-mnist-test0-ankle-boot.png",
-          "cifar10": REPO / "examples" / "images" / "cifar10-test8000-ship.png"}
+          "cifar10": REPO / "examples" / "images" / "cifar10-test8000-ship.png",
+          "shipped": REPO / "examples" / "images" / "fashion-mnist-test4-shirt.png"}  # screenshot: a less sure one
 
 
 @pytest.fixture(scope="session")
@@ -190,9 +191,9 @@ def page(chromium, web_app, exports, request, tmp_path_factory):
         models[ds] = exports(ds) / "model.raw.onnx"
         fed[ds] = raw
         steps[ds] = {"model": ds, "batch": {"file": str(tmp / f"{ds}.bin"), "n": len(raw)}, "upload": str(UPLOAD[ds])}
-    steps["shipped"] = {"model": "fashion-mnist-lenet-modern", "upload": str(UPLOAD["fashion-mnist"]),
+    steps["shipped"] = {"model": "fashion-mnist-lenet-modern", "upload": str(UPLOAD["shipped"]),
                         "screenshot": str(shot)}
-    steps["renamed"] = {"model": "renamed", "upload": str(UPLOAD["fashion-mnist"])}
+    steps["renamed"] = {"model": "renamed", "upload": str(UPLOAD["fashion-mnist"]), "draw": True}
     steps["snippet"] = {"html": readme_snippet("embed-browser")}
 
     server = subprocess.Popen([sys.executable, str(WEB / "serve.py"), "--port", "0",
@@ -242,7 +243,7 @@ def test_page_shows_an_uploaded_images_classes(step, page):
     res = results[step]
     assert res["errors"] == [], res["errors"]
     clf = Classifier(models[step if step != "shipped" else "fashion-mnist-lenet-modern"])
-    png = UPLOAD["cifar10" if step == "cifar10" else "fashion-mnist"]
+    png = UPLOAD[step]
     p = clf.classify(load_image(png, clf.channels, (clf.height, clf.width))).probabilities[0]
     top = np.argsort(-p)[:5]
     shown = res["shown"]
@@ -260,13 +261,19 @@ def test_page_class_names_come_from_the_model_metadata(page):
     assert all(s["name"].endswith(" (from metadata)") for s in res["shown"])
 
 
+def test_page_classifies_a_drawing(page):
+    res = page[0]["renamed"]
+    assert res["drawnSource"] == "your drawing" and len(res["drawn"]) == 5
+    assert set(res["drawn"]) <= set(res["model"]["classes"])
+
+
 def test_page_screenshot(page):
     results, _, _, _, shot = page
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     w, h = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert (w, h) == (980, 640)
-    assert results["shipped"]["shown"][0]["name"] == "Ankle boot"
+    assert results["shipped"]["shown"][0]["name"] == "Shirt"
 
 
 def test_readme_browser_snippet_runs(page):

@@ -3,9 +3,10 @@
 //   node tests/web_driver.mjs config.json     -> one JSON line on stdout: a result per step
 //
 // config: {chromium, url, steps: [...]}; each step opens a fresh page and does what it names:
-//   {model, batch: {file, n}, upload, screenshot}  page url?model=<model>; classifyBatch on the n images in
+//   {model, batch: {file, n}, upload, draw, screenshot}
+//                                                  page url?model=<model>; classifyBatch on the n images in
 //                                                  `file` (raw uint8); the file chooser given `upload`;
-//                                                  a screenshot of the page
+//                                                  a mouse stroke on the canvas; a screenshot of the page
 //   {html}                                          a page of its own at url + "snippet.html" (served by the
 //                                                  driver), whose console lines are returned
 import fs from 'node:fs';
@@ -67,6 +68,19 @@ async function pageStep(browser, cfg, step) {
     out.shown = await page.$$eval('#top li', (lis) => lis.map((li) => ({
       name: li.querySelector('.name').textContent, percent: parseFloat(li.querySelector('.p').textContent) })));
     out.source = await page.$eval('#source', (e) => e.textContent);
+  }
+  if (step.draw) { // a stroke with the mouse on the drawing canvas: classified when the button is released
+    const before = await page.evaluate(() => Number(document.body.dataset.results || 0));
+    const box = await (await page.$('#draw')).boundingBox();
+    await page.mouse.move(box.x + box.width * 0.3, box.y + box.height * 0.2);
+    await page.mouse.down();
+    for (const [fx, fy] of [[0.3, 0.8], [0.7, 0.8], [0.7, 0.2]]) {
+      await page.mouse.move(box.x + box.width * fx, box.y + box.height * fy, { steps: 8 });
+    }
+    await page.mouse.up();
+    await page.waitForFunction((n) => Number(document.body.dataset.results) > n, { timeout: TIMEOUT }, before);
+    out.drawn = await page.$$eval('#top li .name', (els) => els.map((e) => e.textContent));
+    out.drawnSource = await page.$eval('#source', (e) => e.textContent);
   }
   out.status = await page.$eval('#status', (e) => e.textContent);
   out.about = await page.$eval('#about', (e) => e.textContent);
