@@ -74,6 +74,8 @@ def ran_on(r: "BackendResult") -> str:
     """What actually ran a backend, in one line."""
     rt = r.runtime
     parts = [f"onnxruntime {rt['onnxruntime']}, providers {rt['providers']}" if "onnxruntime" in rt
+             else f"onnxruntime-web {rt['onnxruntime_web']} ({rt['backend']}, threads {rt['wasm_threads']}), "
+                  f"node {rt['node']}" if "onnxruntime_web" in rt
              else f"torch {rt.get('torch')}, {rt.get('threads', '?')} threads"]
     parts.append(rt.get("device", "?"))
     if "tf32" in rt:
