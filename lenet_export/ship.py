@@ -96,28 +96,7 @@ Metadata: {"all " + str(len(rep.metadata.files)) + " copies agree with the check
            if rep.metadata.passed else "; ".join(rep.metadata.failures)}.
 Full report: `verify.json`.
 
-## Files
-- `model.onnx`: float32 `input` N x {c} x {meta['input_shape'][2]} x {meta['input_shape'][3]} (NCHW, normalised:
-  `(pixel / 255 - mean) / std`, mean {meta['mean']}, std {meta['std']}) -> `logits` N x 10. Opset {meta['opset']}, {meta['exporter']} exporter.
-- `model.raw.onnx`: uint8 `images` {raw_shape} as an image decoder gives them -> `logits`, `probabilities`.
-- `model.pt`: TorchScript ({meta.get('torchscript_method')}), metadata in the extra file `metadata.json`.
-- `model.pt2`: torch.export ExportedProgram (dynamic batch), metadata in its extra file `metadata.json`.
-- `model.xml` + `model.bin`: OpenVINO IR in FP32, metadata in `rt_info` (`lenet_export`).
-- `test_data_set_0/`, `raw_test_data_set_0/`: golden inputs/outputs (ONNX test-data layout), one real test image per class.
-- `best.pth`: the checkpoint (sha256 `{meta['checkpoint_sha256']}`), `metadata.json`, `metrics.json`, `history.csv`.
-
-## Embed
-Python without torch:
-
-```python
-import numpy as np
-from lenet_export.runtime import Classifier
-clf = Classifier("{folder.as_posix()}/model.raw.onnx")
-pred = clf.classify(images)   # uint8 {raw_shape.replace('N x ', '')} or {raw_shape}
-print(pred.class_names, pred.probabilities.max(axis=1), clf.provider)
-```
-
-Node.js: `node examples/node/classify.js {folder.as_posix()}` (see the README, "Embedding").
+{files_section(folder, meta)}
 """
 
 
@@ -138,3 +117,32 @@ def precision_section(rep: "Report") -> str:
     return "\n".join(["## Reduced precision (`lenet-export quantize`; budgets: FP16 0.05, INT8 0.5 accuracy points)",
                       "| backend | precision | status | accuracy | classes changed vs FP32 reference | size | img/s (b1000) |",
                       "|---|---|---|---|---|---|---|", *lines, "", advice])
+
+
+def files_section(folder: Path, meta: dict) -> str:
+    c = len(meta["mean"])
+    raw_shape = "N x H x W" if c == 1 else "N x H x W x 3"
+    return f"""## Files
+- `model.onnx`: float32 `input` N x {c} x {meta['input_shape'][2]} x {meta['input_shape'][3]} (NCHW, normalised:
+  `(pixel / 255 - mean) / std`, mean {meta['mean']}, std {meta['std']}) -> `logits` N x 10. Opset {meta['opset']}, {meta['exporter']} exporter.
+- `model.raw.onnx`: uint8 `images` {raw_shape} as an image decoder gives them -> `logits`, `probabilities`.
+- `model.pt`: TorchScript ({meta.get('torchscript_method')}), metadata in the extra file `metadata.json`.
+- `model.pt2`: torch.export ExportedProgram (dynamic batch), metadata in its extra file `metadata.json`.
+- `model.xml` + `model.bin`: OpenVINO IR in FP32, metadata in `rt_info` (`lenet_export`).
+- `model.fp16.onnx`, `model.int8.onnx`: reduced-precision variants (see above), metadata in `metadata_props`.
+- `test_data_set_0/`, `raw_test_data_set_0/`: golden inputs/outputs (ONNX test-data layout), one real test image per class.
+- `best.pth`: the checkpoint (sha256 `{meta['checkpoint_sha256']}`), `metadata.json`, `metrics.json`, `history.csv`.
+
+## Embed
+Python without torch:
+
+```python
+import numpy as np
+from lenet_export.runtime import Classifier
+clf = Classifier("{folder.as_posix()}/model.raw.onnx")
+pred = clf.classify(images)   # uint8 {raw_shape.replace('N x ', '')} or {raw_shape}
+print(pred.class_names, pred.probabilities.max(axis=1), clf.provider)
+```
+
+Node.js: `node examples/node/classify.js {folder.as_posix()}` (see the README, "Embedding").
+"""
