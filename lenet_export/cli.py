@@ -197,7 +197,6 @@ def bench(
 ):
     """Compare the CPU runtimes side by side: size, latency, best-batch throughput, and parity."""
     import dataclasses
-    import json
 
     from .bench import bench as run_bench, markdown as to_markdown
     from .fsutil import atomic_write_json, atomic_write_text, write_errors

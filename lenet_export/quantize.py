@@ -15,7 +15,6 @@ is the default; ``--per-channel`` is there to re-measure.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +102,6 @@ def write_int8(src: Path, dst: Path, x: np.ndarray, calibration: dict, meta: dic
 
 def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
     """Write the variants into the export folder (under its lock); returns {variant: file}."""
-    from .checkpoint import load_checkpoint
     from .fsutil import atomic_write, atomic_write_json, locked, write_errors
     from .verify import load_artefacts
 

@@ -59,8 +59,6 @@ def model_card(folder: Path, rep: "Report") -> str:
     metrics = json.loads((folder / "metrics.json").read_text())
     ran = {k: v for k, v in rep.backends.items() if v.ran}
     skipped = {k: v.reason for k, v in rep.backends.items() if v.status == "skipped"}
-    c = len(meta["mean"])
-    raw_shape = "N x H x W" if c == 1 else "N x H x W x 3"
     rows = "\n".join(
         f"| {k} | {v.status} | {v.accuracy:.4f} | {v.logits.max_abs:.1e} | {v.argmax_agree}/{rep.samples} "
         f"| {v.batch_invariance.max_abs_diff:.1e} | {v.timing.latency_ms_batch1['median']:.3f} | {v.timing.throughput_img_s:,.0f} |"
