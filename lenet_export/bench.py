@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Context
-from .verify import EVAL_BATCH, VerifyOptions, load_artefacts, load_inputs, measure_timing, open_backend, requested, verify
+from .verify import EVAL_BATCH, VerifyOptions, artefact_size, load_artefacts, load_inputs, measure_timing, open_backend, requested, verify
 
 SWEEP = (1, 4, 16, 64, 256, 1024, 4096)
 MIN_SECONDS = 0.25  # each batch size runs at least this long (and at least 2 batches)
-COMPANIONS = {"model.xml": ("model.bin",)}  # files a runtime loads together with its artefact
 
 
 @dataclass
@@ -35,14 +34,6 @@ class BenchRow:
     best_batch: int | None = None
     throughput_img_s: float | None = None
     note: str = ""
-
-
-def artefact_size(exported: Path, artefact: str | None) -> tuple[str, int | None]:
-    if artefact is None:
-        return "best.pth", None  # eager torch runs the checkpoint's weights; not a deployable artefact
-    files = [artefact, *COMPANIONS.get(artefact, ())]
-    paths = [exported / f for f in files]
-    return " + ".join(files), sum(p.stat().st_size for p in paths) if all(p.is_file() for p in paths) else None
 
 
 def sweep(run, x: np.ndarray, sizes=SWEEP) -> tuple[int, float]:

@@ -164,6 +164,27 @@ def verify(
 
 @app.command()
 @cli_errors
+def quantize(
+    exported: Annotated[Path, typer.Option(help="Export folder written by `lenet-export onnx`.")] = Path(
+        "exported/fashion-mnist-lenet-modern"),
+    checkpoint: Annotated[Optional[Path], typer.Option(help="The checkpoint it was exported from; "
+                                                            "default: <exported>/best.pth.")] = None,
+    data_dir: DataDir = None,
+    calibration_size: Annotated[int, typer.Option(help="Training images used for INT8 calibration.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the calibration subset.")] = 0,
+    per_channel: Annotated[bool, typer.Option(help="Per-channel INT8 weights (default: per-tensor, measured "
+                                                   "better here).")] = False,
+):
+    """Write FP16 and INT8 variants (model.fp16.onnx, model.int8.onnx) with ONNX Runtime's tools."""
+    from .quantize import QuantizeOptions, quantize as run_quantize
+    from .ui import log
+
+    run_quantize(QuantizeOptions(exported=exported, checkpoint=checkpoint, data_dir=str(data_dir) if data_dir else None,
+                                 calibration_size=calibration_size, seed=seed, per_channel=per_channel), log=log)
+
+
+@app.command()
+@cli_errors
 def diff(
     backend: Annotated[str, typer.Option(help="Runtime to localise: ort-cpu, ort-cpu-raw, ort-cuda, ort-cuda-raw, "
                                               "openvino-cpu, torchscript-cpu, torchscript-cuda, pt2-cpu.")],
@@ -208,7 +229,6 @@ def bench(
 ):
     """Compare the CPU runtimes side by side: size, latency, best-batch throughput, and parity."""
     import dataclasses
-    import json
 
     from .bench import bench as run_bench, markdown as to_markdown
     from .fsutil import atomic_write_json, atomic_write_text, write_errors

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from .formats import select
 from .fsutil import locked, recover_staged, sha256_file, staged_dir, write_errors
 from .metadata import METADATA_FILE, raw_layout
 from .parity import Tolerance
+
+if TYPE_CHECKING:
+    from .report import BackendResult
 
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18

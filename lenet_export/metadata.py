@@ -130,6 +130,9 @@ def copies(meta: dict) -> list[tuple[str, str, object, bool]]:
         out.append((f"model.pt:{METADATA_FILE}", "model.pt", read_torchscript_metadata, False))
     if "pt2" in formats:
         out.append((f"model.pt2:{METADATA_FILE}", "model.pt2", read_pt2_metadata, False))
+    for variant in ("fp16", "int8"):
+        if variant in formats:
+            out.append((f"model.{variant}.onnx", f"model.{variant}.onnx", read_onnx_metadata, False))
     if "openvino" in formats:
         out.append(("model.xml:rt_info", "model.xml", read_openvino_metadata, False))
     return out

@@ -172,6 +172,46 @@ def judge(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, tol: Tolerance,
     return j
 
 
+@dataclass(frozen=True)
+class Budget:
+    """Rules for an *approximate* variant (FP16, INT8), judged against the FP32 reference instead of rules 2-5:
+
+    * every output finite;
+    * accuracy may drop by at most ``accuracy_drop`` (a fraction: 0.005 = 0.5 points); a gain is fine;
+    * no *confident* flip: a flip needs an error of at least half the sample's reference margin, so a flip
+      whose margin exceeds ``FLIP_FACTOR`` x the 99th percentile of the variant's per-sample max |Δ| means that
+      sample's error is far beyond the variant's typical error (every flip is listed with its margin);
+    * where the artefact calibrates, on the training split only (checked by verify from the metadata).
+    """
+
+    accuracy_drop: float
+
+
+BUDGETS = {"fp16": Budget(0.0005), "int8": Budget(0.005)}  # FP16: 0.05 points; INT8: 0.5 points
+FLIP_FACTOR = 2.0
+
+
+def judge_approximate(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, budget: Budget) -> Judgement:
+    bad = nonfinite_count(out)
+    stats = compare_logits(ref, np.nan_to_num(out), Tolerance(0.0, 0.0))
+    stats.within_tolerance = True  # no elementwise tolerance for approximate variants; see Budget
+    flips = find_flips(ref, out)
+    acc, ref_acc = float((out.argmax(1) == labels).mean()), float((ref.argmax(1) == labels).mean())
+    j = Judgement(acc, stats, len(out) - len(flips), flips, bad)
+    if bad:
+        j.failures.append(f"{bad} NaN or Inf values in the outputs")
+    if ref_acc - acc > budget.accuracy_drop + 1e-12:
+        j.failures.append(f"accuracy {acc:.4f} is {100 * (ref_acc - acc):.2f} points below the reference {ref_acc:.4f} "
+                          f"(budget {100 * budget.accuracy_drop:.2f})")
+    per_sample = np.abs(out.astype(np.float64) - ref).max(axis=1)
+    bound = FLIP_FACTOR * float(np.percentile(per_sample, 99))
+    confident = confident_flips(flips, bound)
+    if confident:
+        j.failures.append(f"{len(confident)} confident predictions changed class (margin > {bound:.3g}, e.g. sample "
+                          f"{confident[0].index}, reference margin {confident[0].reference_margin:.3g})")
+    return j
+
+
 @dataclass
 class Pairwise:
     """Backend x backend agreement over the backends that ran."""
@@ -179,7 +219,7 @@ class Pairwise:
     backends: list[str]
     argmax_agree: list[list[int]]
     max_abs: list[list[float]]
-    flips: dict[str, list[int]]  # "a | b" -> sample indices whose class differs between a and b
+    flips: dict[str, dict]  # "a | b" -> {"count", "samples": the first indices} where the classes differ
 
 
 def pairwise(outputs: dict[str, np.ndarray], max_listed: int = 50) -> Pairwise:
@@ -192,5 +232,5 @@ def pairwise(outputs: dict[str, np.ndarray], max_listed: int = 50) -> Pairwise:
         for b in names[i + 1:]:
             idx = np.nonzero(classes[a] != classes[b])[0]
             if len(idx):
-                flips[f"{a} | {b}"] = [int(k) for k in idx[:max_listed]]
+                flips[f"{a} | {b}"] = {"count": int(len(idx)), "samples": [int(k) for k in idx[:max_listed]]}
     return Pairwise(names, agree, diff, flips)

@@ -32,6 +32,8 @@ class BackendResult:
     failures: list[str] = field(default_factory=list)
     artefact: str | None = None
     input: str | None = None  # float (normalised NCHW) or uint8 (decoded images)
+    precision: str = "fp32"  # fp16 / int8: an approximate variant, judged by parity.Budget
+    size_bytes: int | None = None  # the artefact on disk (with companion files)
     runtime: dict = field(default_factory=dict)  # what actually ran
     accuracy: float | None = None
     argmax_agree: int | None = None

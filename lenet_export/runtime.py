@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArtefactError, LenetExportError, RuntimeInputError
+from .errors import ArtefactError, LenetExportError, RuntimeInputError, first_line
 from .metadata import parse_prop
 from .parity import softmax
 from .ort_session import open_session

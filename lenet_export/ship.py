@@ -32,6 +32,7 @@ def ship(dataset: str, data_dir: str | None, root: Path = Path("exported"), runs
     from .export import ExportOptions, export
     from .models import DEFAULT_MODEL
     from .training.train import TrainConfig, train
+    from .quantize import QuantizeOptions, quantize
     from .verify import VerifyOptions, verify
 
     model = DEFAULT_MODEL[dataset]
@@ -41,6 +42,7 @@ def ship(dataset: str, data_dir: str | None, root: Path = Path("exported"), runs
     export(run / "best.pth", ExportOptions(out=out, force=True, data_dir=data_dir), log=log)
     for name in ("best.pth", "metrics.json", "history.csv"):
         shutil.copy2(run / name, out / name)
+    quantize(QuantizeOptions(exported=out, checkpoint=out / "best.pth", data_dir=data_dir), log=log)
     report = verify(VerifyOptions(exported=out, checkpoint=out / "best.pth", data_dir=data_dir,
                                   report=out / "verify.json"), log=log)
     try:
@@ -57,8 +59,6 @@ def model_card(folder: Path, rep: "Report") -> str:
     metrics = json.loads((folder / "metrics.json").read_text())
     ran = {k: v for k, v in rep.backends.items() if v.ran}
     skipped = {k: v.reason for k, v in rep.backends.items() if v.status == "skipped"}
-    c = len(meta["mean"])
-    raw_shape = "N x H x W" if c == 1 else "N x H x W x 3"
     rows = "\n".join(
         f"| {k} | {v.status} | {v.accuracy:.4f} | {v.logits.max_abs:.1e} | {v.argmax_agree}/{rep.samples} "
         f"| {v.batch_invariance.max_abs_diff:.1e} | {v.timing.latency_ms_batch1['median']:.3f} | {v.timing.throughput_img_s:,.0f} |"
@@ -88,13 +88,46 @@ Classes: {', '.join(meta['classes'])}.
 
 {skipped_txt}
 
+{precision_section(rep)}
+
+Metadata: {"all " + str(len(rep.metadata.files)) + " copies agree with the checkpoint (" + ", ".join(rep.metadata.files) + ")"
+           if rep.metadata.passed else "; ".join(rep.metadata.failures)}.
 Full report: `verify.json`.
 
-## Files
+{files_section(folder, meta)}
+"""
+
+
+def precision_section(rep: "Report") -> str:
+    """FP32 against its reduced-precision variants, with a recommendation only where a variant wins here."""
+    rows = {n: rep.backends[n] for n in ("ort-cpu", "ort-cpu-fp16", "ort-cpu-int8") if n in rep.backends
+            and rep.backends[n].ran}
+    if len(rows) < 2:
+        return ""
+    fp32 = rows["ort-cpu"]
+    lines = [f"| {n} | {r.precision} | {r.status} | {r.accuracy:.4f} | {len(r.disagreements)} | "
+             f"{r.size_bytes / 1024:,.0f} KiB | {r.timing.throughput_img_s:,.0f} |" for n, r in rows.items()]
+    faster = [n for n, r in rows.items() if r.precision != "fp32" and r.status == "passed"
+              and r.timing.throughput_img_s > fp32.timing.throughput_img_s]
+    advice = (f"On the machine that built it, {', '.join(faster)} ran faster than FP32 and passed its budget."
+              if faster else "On the machine that built it (no AVX-512 VNNI or FP16 arithmetic), neither variant ran "
+              "faster than FP32 ONNX Runtime: use FP32 unless size matters more than speed; INT8 is the smallest.")
+    return "\n".join(["## Reduced precision (`lenet-export quantize`; budgets: FP16 0.05, INT8 0.5 accuracy points)",
+                      "| backend | precision | status | accuracy | classes changed vs FP32 reference | size | img/s (b1000) |",
+                      "|---|---|---|---|---|---|---|", *lines, "", advice])
+
+
+def files_section(folder: Path, meta: dict) -> str:
+    c = len(meta["mean"])
+    raw_shape = "N x H x W" if c == 1 else "N x H x W x 3"
+    return f"""## Files
 - `model.onnx`: float32 `input` N x {c} x {meta['input_shape'][2]} x {meta['input_shape'][3]} (NCHW, normalised:
   `(pixel / 255 - mean) / std`, mean {meta['mean']}, std {meta['std']}) -> `logits` N x 10. Opset {meta['opset']}, {meta['exporter']} exporter.
 - `model.raw.onnx`: uint8 `images` {raw_shape} as an image decoder gives them -> `logits`, `probabilities`.
 - `model.pt`: TorchScript ({meta.get('torchscript_method')}), metadata in the extra file `metadata.json`.
+- `model.pt2`: torch.export ExportedProgram (dynamic batch), metadata in its extra file `metadata.json`.
+- `model.xml` + `model.bin`: OpenVINO IR in FP32, metadata in `rt_info` (`lenet_export`).
+- `model.fp16.onnx`, `model.int8.onnx`: reduced-precision variants (see above), metadata in `metadata_props`.
 - `test_data_set_0/`, `raw_test_data_set_0/`: golden inputs/outputs (ONNX test-data layout), one real test image per class.
 - `best.pth`: the checkpoint (sha256 `{meta['checkpoint_sha256']}`), `metadata.json`, `metrics.json`, `history.csv`.
 

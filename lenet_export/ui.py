@@ -58,7 +58,8 @@ def verify_table(rep: "Report"):
     style = {"passed": "green", "failed": "bold red", "skipped": "yellow"}
     for name, r in rep.backends.items():
         st = f"[{style[r.status]}]{r.status}[/]"
-        note = escape(r.reason or (r.failures[0] if r.failures else ""))
+        note = escape(r.reason or (r.failures[0] if r.failures else "")
+                      or (f"approximate ({r.precision}): budget rules" if r.precision != "fp32" else ""))
         if not r.ran:
             t.add_row(name, st, *["-"] * 6, note)
             continue
@@ -76,6 +77,9 @@ def ran_on(r: "BackendResult") -> str:
     if "tf32" in rt:
         facts.append(f"TF32 {'on' if rt['tf32'] else 'off'}")
     return ", ".join(facts) + f"; {rt.get('device', '?')}"
+
+
+MAX_FLIP_LINES = 8
 
 
 def print_report(rep: "Report", path=None) -> None:
@@ -99,9 +103,12 @@ def print_report(rep: "Report", path=None) -> None:
         console.print(f"[bold red]FAIL[/] metadata: {escape(f)}")
     pw = rep.pairwise
     if pw and pw.flips:
-        for pair, idx in pw.flips.items():
-            console.print(f"class flips {pair}: samples {', '.join(map(str, idx[:20]))}"
-                          + (" ..." if len(idx) > 20 else ""))
+        for pair, f in list(pw.flips.items())[:MAX_FLIP_LINES]:
+            shown = f["samples"][:10]
+            console.print(f"class flips {pair}: {f['count']} samples ({', '.join(map(str, shown))}"
+                          + (", ..." if f["count"] > len(shown) else "") + ")")
+        if len(pw.flips) > MAX_FLIP_LINES:
+            console.print(f"... and {len(pw.flips) - MAX_FLIP_LINES} more pairs (report: pairwise.flips)")
     elif pw:
         console.print(f"no sample changes class between any two of the {len(pw.backends)} backends that ran")
     if rep.passed:

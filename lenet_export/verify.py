@@ -20,7 +20,8 @@ import numpy as np
 from . import __version__, backends as registry
 from .backends import FLOAT, REFERENCE, Backend, Context, Fallback, Runner, Skip
 from .errors import ConfigError, first_line
-from .parity import BATCH_INVARIANCE_SAMPLES, BATCH_INVARIANCE_SIZES, Tolerance, batch_invariance, judge, pairwise
+from .parity import (BATCH_INVARIANCE_SAMPLES, BATCH_INVARIANCE_SIZES, BUDGETS, Tolerance, batch_invariance, judge,
+                     judge_approximate, pairwise)
 from .report import FAILED, PASSED, SKIPPED, BackendResult, Report, Timing
 
 EVAL_BATCH = 1000  # the "full batch" of the whole-test-set pass and of the throughput figure
@@ -84,6 +85,18 @@ def measure_timing(r: Runner, x: np.ndarray, batch_times: list[tuple[int, float]
                   float(steady[0][0] / np.median([s for _, s in steady])), steady[0][0])
 
 
+COMPANIONS = {"model.xml": ("model.bin",)}  # files a runtime loads together with its artefact
+
+
+def artefact_size(exported: Path, artefact: str | None) -> tuple[str, int | None]:
+    """What a backend loads, as text, and its size on disk (None: the checkpoint, or missing files)."""
+    if artefact is None:
+        return "best.pth", None  # eager torch runs the checkpoint's weights; not a deployable artefact
+    files = [artefact, *COMPANIONS.get(artefact, ())]
+    paths = [exported / f for f in files]
+    return " + ".join(files), sum(p.stat().st_size for p in paths) if all(p.is_file() for p in paths) else None
+
+
 def open_backend(b: Backend, ctx: Context, require_cuda: bool) -> tuple[BackendResult, Runner | None]:
     res = BackendResult(b.name, SKIPPED, artefact=b.artefact, input=b.input)
     try:
@@ -121,8 +134,13 @@ def evaluate(b: Backend, ctx: Context, inputs: Inputs, ref: np.ndarray | None, t
     if logits.shape != (len(x), len(ctx.checkpoint["classes"])):
         return res.fail(f"outputs {logits.shape[1:]} logits per sample; the model has "
                         f"{len(ctx.checkpoint['classes'])} classes"), None
-    j = judge(logits if ref is None else ref, logits, inputs.labels, tol, outs[1] if len(outs) > 1 else None)
+    if b.precision != "fp32" and ref is not None:
+        j = judge_approximate(ref, logits, inputs.labels, BUDGETS[b.precision])
+    else:
+        j = judge(logits if ref is None else ref, logits, inputs.labels, tol, outs[1] if len(outs) > 1 else None)
     res.accuracy, res.argmax_agree, res.logits, res.disagreements = j.accuracy, j.argmax_agree, j.logits, j.flips
+    res.precision = b.precision
+    res.size_bytes = artefact_size(ctx.exported, b.artefact)[1]
     res.batch_invariance = batch_invariance(by_batch, logits, EVAL_BATCH, tol)
     res.timing = timing
     res.failures += j.failures

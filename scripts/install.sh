@@ -14,6 +14,25 @@ if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m p
   cat .venv/install.log >&2
   exit 1
 fi
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 || true
+# Debian packages, best effort where apt is usable: the data set, and for the tests a real browser (chromium,
+# driven by puppeteer-core from examples/web). Tests whose tool is missing skip with the reason.
+APT=()
+[ -d /usr/share/datasets/fashion-mnist ] || APT+=(dataset-fashion-mnist)
+case ",$EXTRAS," in *,test,*) command -v chromium >/dev/null || APT+=(chromium) ;; esac
+if [ ${#APT[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing ${APT[*]} (apt)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT[@]}") >>.venv/install.log 2>&1 \
+    || echo "apt-get install ${APT[*]} failed (see .venv/install.log); the tests that need it will skip"
 fi
+# npm packages of the Node.js and browser examples (locked by their package-lock.json; --ignore-scripts:
+# onnxruntime-node's install script tries a download, its CPU binaries ship inside the package).
+case ",$EXTRAS," in *,test,*)
+  if command -v npm >/dev/null; then
+    for app in examples/node examples/web; do
+      [ -f "$app/package-lock.json" ] || continue
+      echo "installing $app npm packages"
+      (cd "$app" && npm ci --ignore-scripts --no-audit --no-fund) >>.venv/install.log 2>&1 \
+        || echo "npm ci in $app failed (see .venv/install.log); the tests that need it will skip"
+    done
+  fi ;;
+esac

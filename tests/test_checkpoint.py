@@ -3,7 +3,6 @@
 import hashlib
 
 import pytest
-import torch
 
 from conftest import REPO, assert_clean_error, run_cli
 from lenet_export.checkpoint import load_checkpoint, save_checkpoint

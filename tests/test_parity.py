@@ -91,7 +91,7 @@ def test_pairwise_matrix_and_flips():
     assert p.backends == ["x", "y", "z"]
     assert p.argmax_agree == [[3, 2, 3], [2, 3, 2], [3, 2, 3]]
     assert p.max_abs[0][1] == pytest.approx(0.05) and p.max_abs[0][2] == 0
-    assert p.flips == {"x | y": [1], "y | z": [1]}
+    assert p.flips == {"x | y": {"count": 1, "samples": [1]}, "y | z": {"count": 1, "samples": [1]}}
 
 
 def test_find_flips_none_when_equal():
@@ -102,3 +102,24 @@ def test_find_flips_none_when_equal():
 def test_bad_tolerance_is_a_config_error(atol, rtol):
     with pytest.raises(ConfigError, match="must be a finite number >= 0"):
         Tolerance(atol, rtol)
+
+
+def test_approximate_budget_and_confident_flip():
+    from lenet_export.parity import Budget, judge_approximate
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(1000, 10)) * 3
+    labels = ref.argmax(1)
+    out = ref + rng.normal(scale=0.01, size=ref.shape)  # a typical small quantisation error everywhere
+    j = judge_approximate(ref, out, labels, Budget(0.005))
+    assert j.failures == [] and j.logits.within_tolerance
+    # one confident sample flipped: its margin is far beyond twice the p99 of per-sample error
+    k = int(np.argmax(np.sort(ref, 1)[:, -1] - np.sort(ref, 1)[:, -2]))
+    out[k] = ref[k][::-1]
+    j = judge_approximate(ref, out, labels, Budget(0.005))
+    assert any(f.startswith("1 confident predictions changed class") and f"sample {k}" in f for f in j.failures)
+    # accuracy: 0.4% drop fits a 0.5-point budget, not a 0.3-point one
+    out = ref.copy()
+    out[:4] = ref[:4, ::-1]
+    assert not any("points below" in f for f in judge_approximate(ref, out, labels, Budget(0.005)).failures)
+    assert any("0.40 points below" in f for f in judge_approximate(ref, out, labels, Budget(0.003)).failures)

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 
 from conftest import REPO
 
@@ -48,3 +49,23 @@ def test_node_snippet_runs(node_app):
     py = Classifier(export / "model.raw.onnx").classify(x)
     np.testing.assert_allclose(np.array([p["logits"] for p in out["predictions"]]), py.logits, atol=1e-4)
     assert [p["class"] for p in out["predictions"]] == py.class_names
+
+
+@pytest.mark.parametrize("marker,package", [("embed-openvino", "openvino"), ("embed-opencv", "cv2")])
+def test_openvino_and_opencv_snippets_run_without_torch(marker, package):
+    import importlib.util
+    import json
+
+    import onnx
+    from onnx import numpy_helper
+
+    from lenet_export.runtime import Classifier
+
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed (pip install 'lenet-export[{marker.split('-')[1]}]')")
+    code = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n" + snippet(marker)
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    export = REPO / "exported" / "fashion-mnist-lenet-modern"
+    x = numpy_helper.to_array(onnx.load_tensor(export / "test_data_set_0" / "input_0.pb"))
+    assert json.loads(r.stdout.strip().replace("'", '"')) == Classifier(export / "model.onnx").classify(x).class_names

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from conftest import assert_clean_error, run_cli
 from disks import fill, remount, tmpfs  # noqa: F401  (fixture)

@@ -12,7 +12,7 @@ import importlib
 from ..errors import ConfigError
 from .base import FLOAT, UINT8, Backend, Context, Fallback, Runner, Skip
 
-MODULES = ("torch_eager", "torchscript", "onnxruntime", "pt2", "openvino", "opencv")
+MODULES = ("torch_eager", "torchscript", "onnxruntime", "pt2", "openvino", "opencv", "ort_web")
 REFERENCE = "torch-cpu"
 
 __all__ = ["FLOAT", "UINT8", "Backend", "Context", "Fallback", "Runner", "Skip", "REFERENCE", "registry", "get",

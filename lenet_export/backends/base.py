@@ -45,9 +45,11 @@ class Context:
             from ..formats import registry
 
             fmt = next((f.name for f in registry().values() if name in f.files), None)
+            if fmt is None:  # a reduced-precision variant
+                raise Skip(f"the export has no {name} (lenet-export quantize --exported {self.exported})")
             why = (self.metadata.get("skipped_formats") or {}).get(fmt)
             raise Skip(f"the export has no {name} (format {fmt}: {why or 'not requested'}; "
-                       f"lenet-export onnx --formats {fmt or 'all'})")
+                       f"lenet-export onnx --formats {fmt})")
         path = self.exported / name
         if not path.is_file():
             raise FileNotFoundError(f"missing artefact {name} in {self.exported}")
@@ -70,6 +72,7 @@ class Backend:
     open: Callable[[Context], Runner] = field(compare=False, repr=False)
     device: str = "cpu"
     input: str = FLOAT
+    precision: str = "fp32"  # fp32: the strict rules; fp16 / int8: an approximate variant (parity.BUDGETS)
 
     def require_package(self) -> None:
         if importlib.util.find_spec(self.package) is None:

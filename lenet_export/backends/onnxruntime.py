@@ -42,8 +42,28 @@ def _open(artefact: str, device: str):
     return open_
 
 
+def _open_variant(artefact: str):
+    """A reduced-precision variant: refused when calibrated on anything but the training split."""
+    open_ = _open(artefact, "cpu")
+
+    def check(ctx: Context) -> Runner:
+        from ..metadata import read_onnx_metadata
+        from ..quantize import CALIBRATION_SPLIT
+
+        calibration = read_onnx_metadata(ctx.artefact(artefact)).get("calibration")
+        if isinstance(calibration, dict) and calibration.get("split") != CALIBRATION_SPLIT:
+            raise ValueError(f"calibrated on the {calibration.get('split')!r} split: refused (only the training "
+                             "split may be used; the test split is what verify judges on)")
+        return open_(ctx)
+    return check
+
+
 BACKENDS = (
     Backend("ort-cpu", "model.onnx", "onnxruntime", INSTALL_CPU, _open("model.onnx", "cpu")),
+    Backend("ort-cpu-fp16", "model.fp16.onnx", "onnxruntime", INSTALL_CPU, _open_variant("model.fp16.onnx"),
+            precision="fp16"),
+    Backend("ort-cpu-int8", "model.int8.onnx", "onnxruntime", INSTALL_CPU, _open_variant("model.int8.onnx"),
+            precision="int8"),
     Backend("ort-cpu-raw", "model.raw.onnx", "onnxruntime", INSTALL_CPU, _open("model.raw.onnx", "cpu"), input=UINT8),
     Backend("ort-cuda", "model.onnx", "onnxruntime", INSTALL_GPU, _open("model.onnx", "cuda"), device="cuda"),
     Backend("ort-cuda-raw", "model.raw.onnx", "onnxruntime", INSTALL_GPU, _open("model.raw.onnx", "cuda"),

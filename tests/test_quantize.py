@@ -1,0 +1,99 @@
+"""lenet-export quantize: FP16 and INT8 variants judged by their own budgets on the whole test set."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import assert_clean_error, data_dir_for, run_cli
+from lenet_export.quantize import QuantizeOptions, quantize
+from lenet_export.verify import VerifyOptions, verify
+
+DATASETS = ["fashion-mnist", "cifar10"]
+VARIANTS = ("ort-cpu", "ort-cpu-fp16", "ort-cpu-int8")
+
+
+@pytest.fixture(scope="module")
+def quantized(runs, exports, request, tmp_path_factory):
+    cache = {}
+
+    def get(dataset):
+        if dataset not in cache:
+            out = tmp_path_factory.mktemp(f"q-{dataset}") / "export"
+            shutil.copytree(exports(dataset), out)
+            quantize(QuantizeOptions(exported=out, checkpoint=runs(dataset) / "best.pth",
+                                     data_dir=str(data_dir_for(dataset, request))), log=lambda _: None)
+            cache[dataset] = out
+        return cache[dataset]
+    return get
+
+
+def _verify(out, dataset, runs, request, backends=VARIANTS):
+    return verify(VerifyOptions(exported=out, checkpoint=runs(dataset) / "best.pth",
+                                data_dir=str(data_dir_for(dataset, request)), backends=backends), log=lambda _: None)
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_variants_pass_their_budgets(dataset, quantized, runs, request):
+    out = quantized(dataset)
+    rep = _verify(out, dataset, runs, request)
+    assert rep.passed, rep.problems
+    fp32, fp16, int8 = (rep.backends[b] for b in VARIANTS)
+    assert fp16.precision == "fp16" and int8.precision == "int8" and fp32.precision == "fp32"
+    assert fp16.size_bytes < 0.6 * fp32.size_bytes and int8.size_bytes < 0.35 * fp32.size_bytes
+    assert rep.reference_accuracy - int8.accuracy <= 0.005 and rep.reference_accuracy - fp16.accuracy <= 0.0005
+    assert 1e-5 < fp16.logits.max_abs < 0.1  # really reduced precision, and close
+    assert int8.argmax_agree + len(int8.disagreements) == 10000
+    meta = json.loads((out / "metadata.json").read_text())
+    cal = meta["calibration"]
+    assert cal["split"] == "train" and cal["size"] == 500 and cal["seed"] == 0 and not cal["per_channel"]
+    props = {p.key: p.value for p in onnx.load(out / "model.int8.onnx").metadata_props}
+    assert json.loads(props["calibration"]) == cal and props["precision"] == "int8"
+    assert rep.metadata.passed and "model.int8.onnx" in rep.metadata.files
+
+
+def test_bad_calibration_fails_the_accuracy_budget(runs, exports, request, tmp_path, monkeypatch):
+    import lenet_export.quantize as Q
+
+    out = tmp_path / "export"
+    shutil.copytree(exports("fashion-mnist"), out)
+    real = Q.calibration_images
+
+    def zeros(ckpt, opts):  # all-zero images: every pixel at 0 after decoding
+        x, cal = real(ckpt, opts)
+        z = (0.0 - np.asarray(ckpt["mean"])) / np.asarray(ckpt["std"])
+        return np.broadcast_to(z.reshape(1, -1, 1, 1), x.shape).astype(np.float32).copy(), cal
+
+    monkeypatch.setattr(Q, "calibration_images", zeros)
+    quantize(QuantizeOptions(exported=out, checkpoint=runs("fashion-mnist") / "best.pth",
+                             data_dir=str(data_dir_for("fashion-mnist", request))), log=lambda _: None)
+    rep = _verify(out, "fashion-mnist", runs, request, ("ort-cpu-int8",))
+    e = rep.backends["ort-cpu-int8"]
+    assert e.status == "failed" and any("points below the reference" in f for f in e.failures), e.failures
+
+
+def test_calibration_on_test_images_is_refused(runs, exports, request, tmp_path):
+    out = tmp_path / "export"
+    shutil.copytree(exports("fashion-mnist"), out)
+    quantize(QuantizeOptions(exported=out, checkpoint=runs("fashion-mnist") / "best.pth",
+                             data_dir=str(data_dir_for("fashion-mnist", request)), calibration_split="test"),
+             log=lambda _: None)
+    rep = _verify(out, "fashion-mnist", runs, request, ("ort-cpu", "ort-cpu-int8"))
+    e = rep.backends["ort-cpu-int8"]
+    assert e.status == "failed" and "calibrated on the 'test' split: refused" in e.reason
+
+
+def test_cli_and_skips(runs, exports, fmnist_dir, tmp_path):
+    out = tmp_path / "export"
+    shutil.copytree(exports("fashion-mnist"), out)
+    ck = runs("fashion-mnist") / "best.pth"
+    rep = verify(VerifyOptions(exported=out, checkpoint=ck, data_dir=str(fmnist_dir), backends=("ort-cpu-int8",
+                                                                                            "ort-cpu")), log=lambda _: None)
+    assert rep.backends["ort-cpu-int8"].status == "skipped" and "lenet-export quantize" in rep.backends["ort-cpu-int8"].reason
+    assert_clean_error(run_cli("quantize", "--exported", out, "--checkpoint", ck, "--data-dir", fmnist_dir,
+                               "--calibration-size", "0"), "--calibration-size must be positive")
+    r = run_cli("quantize", "--exported", out, "--checkpoint", ck, "--data-dir", fmnist_dir, "--calibration-size", "64")
+    assert r.exit_code == 0, r.output
+    assert "calibration: 64 images of the train split, seed 0" in r.stdout
