@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 # Without a terminal rich assumes 80 columns; reports and logs read better wider.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False)
 
 

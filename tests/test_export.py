@@ -204,9 +204,9 @@ def test_bad_options_and_existing_output(tmp_path, runs, fmnist_dir, exports):
 
 
 def test_export_that_disagrees_with_eager_fails_and_writes_nothing(tmp_path, runs, fmnist_dir, monkeypatch):
-    import lenet_export.export as E
+    import lenet_export.formats.onnx as E
 
-    real = E._to_onnx
+    real = E.to_onnx
 
     def corrupting(module, sample, path, *a, **k):
         real(module, sample, path, *a, **k)
@@ -217,9 +217,9 @@ def test_export_that_disagrees_with_eager_fails_and_writes_nothing(tmp_path, run
         init.CopyFrom(numpy_helper.from_array(arr, init.name))
         onnx.save(m, path)
 
-    monkeypatch.setattr(E, "_to_onnx", corrupting)
+    monkeypatch.setattr(E, "to_onnx", corrupting)
     r = run_cli("onnx", "--checkpoint", runs("fashion-mnist") / "best.pth", "--out", tmp_path / "bad",
                 "--data-dir", fmnist_dir)
     assert_clean_error(r, "disagrees with the checkpoint")
     assert not (tmp_path / "bad").exists()
-    assert not list(tmp_path.glob(".bad*"))
+    assert [p.name for p in tmp_path.glob(".bad*")] == [".bad.lock"]  # no staged folder left; the lock file stays

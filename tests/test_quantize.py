@@ -97,3 +97,18 @@ def test_cli_and_skips(runs, exports, fmnist_dir, tmp_path):
     r = run_cli("quantize", "--exported", out, "--checkpoint", ck, "--data-dir", fmnist_dir, "--calibration-size", "64")
     assert r.exit_code == 0, r.output
     assert "calibration: 64 images of the train split, seed 0" in r.stdout
+
+
+@pytest.mark.parametrize("backend", ["ort-cpu-int8", "ort-cpu-fp16"])
+def test_diff_shows_where_reduced_precision_loses(backend, quantized, runs, fmnist_dir, tmp_path):
+    out = quantized("fashion-mnist")
+    r = run_cli("diff", "--exported", out, "--checkpoint", runs("fashion-mnist") / "best.pth", "--backend", backend,
+                "--data-dir", fmnist_dir, "--samples", 32, "--json", tmp_path / "d.json")
+    assert r.exit_code == 1, r.output  # reduced precision is beyond the FP32 tolerance somewhere, by design
+    layers = json.loads((tmp_path / "d.json").read_text())["layers"]
+    assert len(layers) >= 5 and layers[-1]["layer"].endswith("classifier.3")
+    sqnr = [layer["sqnr_db"] for layer in layers if layer["layer"] != "input"]
+    # a real comparison at every point: INT8 keeps roughly 25-45 dB, FP16 far more; never noise (< 10 dB)
+    assert min(sqnr) > (20 if backend.endswith("int8") else 50), layers
+    if backend.endswith("int8"):
+        assert all(layer["tensor"].endswith("_DequantizeLinear_Output") for layer in layers[:-1])

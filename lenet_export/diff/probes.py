@@ -24,6 +24,9 @@ from ..errors import ArtefactError, ConfigError
 from .mapping import layer_map
 
 
+VARIANTS = ("model.fp16.onnx", "model.int8.onnx")  # lenet-export quantize's files; model.onnx's map applies
+
+
 @dataclass
 class Probe:
     artefact: str
@@ -40,6 +43,13 @@ def _recorded_map(ctx: Context, artefact: str, proto) -> dict[str, str]:
         raise ArtefactError(f"{artefact} does not name the torch modules its nodes came from (neither the dynamo "
                             "nor the legacy exporter's naming); cannot map its tensors to layers")
     produced = {o for n in proto.graph.node for o in n.output}
+    if artefact in VARIANTS:
+        # INT8 QDQ: a tensor's dequantised copy is the value the next layer really consumes (the quantiser also
+        # drops a Relu whose clipping the quantisation does, so the raw tensor can be the pre-clip value).
+        # Nodes fused by its pre-processing have no tensor of their own: compare what remains.
+        points = {k: f"{t}_DequantizeLinear_Output" if f"{t}_DequantizeLinear_Output" in produced else t
+                  for k, t in points.items()}
+        return {k: t for k, t in points.items() if t in produced}
     missing = [t for t in points.values() if t not in produced]
     if missing:
         raise ArtefactError(f"metadata.json's {key} names tensor {missing[0]!r}, which {artefact} does not have "
@@ -182,6 +192,8 @@ def _pt2(ctx: Context) -> Probe:
 PROBES: dict[str, Callable[[Context], Probe]] = {
     "ort-cpu": _ort("model.onnx", "cpu", raw=False),
     "ort-cpu-raw": _ort("model.raw.onnx", "cpu", raw=True),
+    "ort-cpu-fp16": _ort("model.fp16.onnx", "cpu", raw=False),
+    "ort-cpu-int8": _ort("model.int8.onnx", "cpu", raw=False),
     "ort-cuda": _ort("model.onnx", "cuda", raw=False),
     "ort-cuda-raw": _ort("model.raw.onnx", "cuda", raw=True),
     "openvino-cpu": _openvino,
