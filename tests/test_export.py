@@ -209,13 +209,14 @@ def test_export_that_disagrees_with_eager_fails_and_writes_nothing(tmp_path, run
     real = E.to_onnx
 
     def corrupting(module, sample, path, *a, **k):
-        real(module, sample, path, *a, **k)
+        proto = real(module, sample, path, *a, **k)
         m = onnx.load(path)
         init = m.graph.initializer[0]
         arr = numpy_helper.to_array(init).copy()
         arr.flat[0] += 1.0
         init.CopyFrom(numpy_helper.from_array(arr, init.name))
         onnx.save(m, path)
+        return proto
 
     monkeypatch.setattr(E, "to_onnx", corrupting)
     r = run_cli("onnx", "--checkpoint", runs("fashion-mnist") / "best.pth", "--out", tmp_path / "bad",
