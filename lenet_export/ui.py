@@ -82,6 +82,21 @@ def ran_on(r: "BackendResult") -> str:
 MAX_FLIP_LINES = 8
 
 
+def _print_flips(rep: "Report") -> None:
+    """Flips against the reference, and between exact backends; pairs of two backends that are each compared
+    with the reference already (an approximate variant against anything) stay in the report only."""
+    approximate = {n for n, b in rep.backends.items() if b.precision != "fp32"}
+    shown = {pair: f for pair, f in rep.pairwise.flips.items()
+             if pair.startswith(f"{rep.reference} | ") or not approximate & set(pair.split(" | "))}
+    for pair, f in list(shown.items())[:MAX_FLIP_LINES]:
+        first = f["samples"][:10]
+        console.print(f"class flips {pair}: {f['count']} sample{'s' if f['count'] > 1 else ''} "
+                      f"({', '.join(map(str, first))}{', ...' if f['count'] > len(first) else ''})")
+    rest = len(rep.pairwise.flips) - min(len(shown), MAX_FLIP_LINES)
+    if rest:
+        console.print(f"... and {rest} more pairs with flips in the report (pairwise.flips)")
+
+
 def print_report(rep: "Report", path=None) -> None:
     """Table, what ran, failures, metadata, flips between backends, verdict line."""
     from rich.markup import escape
@@ -103,12 +118,7 @@ def print_report(rep: "Report", path=None) -> None:
         console.print(f"[bold red]FAIL[/] metadata: {escape(f)}")
     pw = rep.pairwise
     if pw and pw.flips:
-        for pair, f in list(pw.flips.items())[:MAX_FLIP_LINES]:
-            shown = f["samples"][:10]
-            console.print(f"class flips {pair}: {f['count']} samples ({', '.join(map(str, shown))}"
-                          + (", ..." if f["count"] > len(shown) else "") + ")")
-        if len(pw.flips) > MAX_FLIP_LINES:
-            console.print(f"... and {len(pw.flips) - MAX_FLIP_LINES} more pairs (report: pairwise.flips)")
+        _print_flips(rep)
     elif pw:
         console.print(f"no sample changes class between any two of the {len(pw.backends)} backends that ran")
     if rep.passed:

@@ -24,15 +24,15 @@ if [ ${#APT[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; 
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT[@]}") >>.venv/install.log 2>&1 \
     || echo "apt-get install ${APT[*]} failed (see .venv/install.log); the tests that need it will skip"
 fi
-# npm packages of the Node.js and browser examples (locked by their package-lock.json; --ignore-scripts:
-# onnxruntime-node's install script tries a download, its CPU binaries ship inside the package).
-case ",$EXTRAS," in *,test,*)
-  if command -v npm >/dev/null; then
-    for app in examples/node examples/web; do
-      [ -f "$app/package-lock.json" ] || continue
-      echo "installing $app npm packages"
-      (cd "$app" && npm ci --ignore-scripts --no-audit --no-fund) >>.venv/install.log 2>&1 \
-        || echo "npm ci in $app failed (see .venv/install.log); the tests that need it will skip"
-    done
-  fi ;;
-esac
+# npm packages, locked by each package-lock.json: examples/web (onnxruntime-web, for the ort-web backend and the
+# page) always, examples/node for the tests. --ignore-scripts: onnxruntime-node's install script tries a
+# download; its CPU binaries ship inside the package. Without npm, those backends and tests skip with the reason.
+APPS=(examples/web)
+case ",$EXTRAS," in *,test,*) APPS+=(examples/node) ;; esac
+if command -v npm >/dev/null; then
+  for app in "${APPS[@]}"; do
+    echo "installing $app npm packages"
+    (cd "$app" && npm ci --ignore-scripts --no-audit --no-fund) >>.venv/install.log 2>&1 \
+      || echo "npm ci in $app failed (see .venv/install.log); what needs it will skip with the reason"
+  done
+fi

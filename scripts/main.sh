@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, end to end on the default data set (Fashion-MNIST):
-# install into .venv, get the data, train, export to TorchScript + ONNX, verify parity.
+# install into .venv, get the data, train, export to every format, make the FP16/INT8 variants, verify parity.
 # Re-running it resumes/finishes the run in runs/fashion-mnist and re-exports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +16,5 @@ else
   .venv/bin/lenet-export train --dataset fashion-mnist --out "$RUN"
 fi
 .venv/bin/lenet-export onnx --checkpoint "$RUN/best.pth" --out "$RUN/export" --force
+.venv/bin/lenet-export quantize --exported "$RUN/export" --checkpoint "$RUN/best.pth"
 .venv/bin/lenet-export verify --exported "$RUN/export" --checkpoint "$RUN/best.pth" --report "$RUN/verify.json"
