@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .errors import ParityError
 from .fsutil import atomic_write_text
+from .verify import EVAL_BATCH
 
 if TYPE_CHECKING:
     from .report import Report
@@ -82,7 +83,7 @@ Classes: {', '.join(meta['classes'])}.
 | training time | {metrics['train_seconds']:.0f} s on the machine that built it (2 CPU cores) |
 
 ## Parity (`lenet-export verify`, whole test set, tolerance atol {rep.tolerance.atol:g} rtol {rep.tolerance.rtol:g})
-| backend | status | accuracy | max abs logit diff | argmax agree | batch 1/2/7/1000 max diff | latency b1 (ms) | img/s (b1000) |
+| backend | status | accuracy | max abs logit diff | argmax agree | batch 1/2/7/{EVAL_BATCH} max diff | latency b1 (ms) | img/s (b{EVAL_BATCH}) |
 |---|---|---|---|---|---|---|---|
 {rows}
 
@@ -113,7 +114,8 @@ def precision_section(rep: "Report") -> str:
               if faster else "On the machine that built it (no AVX-512 VNNI or FP16 arithmetic), neither variant ran "
               "faster than FP32 ONNX Runtime: use FP32 unless size matters more than speed; INT8 is the smallest.")
     return "\n".join(["## Reduced precision (`lenet-export quantize`; budgets: FP16 0.05, INT8 0.5 accuracy points)",
-                      "| backend | precision | status | accuracy | classes changed vs FP32 reference | size | img/s (b1000) |",
+                      "| backend | precision | status | accuracy | classes changed vs FP32 reference | size "
+                      f"| img/s (b{EVAL_BATCH}) |",
                       "|---|---|---|---|---|---|---|", *lines, "", advice])
 
 
