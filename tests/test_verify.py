@@ -193,11 +193,28 @@ def _json_meta(path, change):
     path.write_text(json.dumps(meta))
 
 
+def _pt2_meta(path, change):
+    """Rewrite the .pt2 archive with a changed extra/metadata.json (every other entry as it was)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        entries = [(i, z.read(i.filename)) for i in z.infolist()]
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in entries:
+            if info.filename.endswith("/extra/metadata.json"):
+                meta = json.loads(data)
+                change(meta)
+                data = json.dumps(meta).encode()
+            z.writestr(info, data)
+
+
 METADATA_EDITS = {
     "model.onnx": ("classes", lambda d: _edit_onnx(d / "model.onnx", lambda m: _reverse_classes(m.metadata_props))),
     "model.raw.onnx": ("mean", lambda d: _edit_onnx(d / "model.raw.onnx", lambda m: [
         p.__setattr__("value", "[0.5]") for p in m.metadata_props if p.key == "mean"])),
     "model.pt:metadata.json": ("std", lambda d: _torchscript_meta(d / "model.pt", lambda m: m.__setitem__("std", [1.0]))),
+    "model.pt2:metadata.json": ("checkpoint_sha256", lambda d: _pt2_meta(
+        d / "model.pt2", lambda m: m.__setitem__("checkpoint_sha256", "0" * 64))),
     "metadata.json": ("input_shape", lambda d: _json_meta(d / "metadata.json",
                                                           lambda m: m.__setitem__("input_shape", ["N", 1, 32, 32]))),
 }
