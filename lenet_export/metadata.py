@@ -140,6 +140,8 @@ def copies(meta: dict) -> list[tuple[str, str, object, bool]]:
             out.append((f"model.{variant}.onnx", f"model.{variant}.onnx", read_onnx_metadata, False))
     if "openvino" in formats:
         out.append(("model.xml:rt_info", "model.xml", read_openvino_metadata, False))
+    if "openvino-int8" in formats:
+        out.append(("model.int8.xml:rt_info", "model.int8.xml", read_openvino_metadata, False))
     return out
 
 
@@ -150,7 +152,7 @@ def check_metadata(exported: Path, ckpt: dict, checkpoint_sha256: str, meta: dic
 
     check = MetadataCheck()
     for name, file, read, raw in copies(meta):
-        if file == "model.xml" and importlib.util.find_spec("openvino") is None:
+        if file.endswith(".xml") and importlib.util.find_spec("openvino") is None:
             continue
         check.files.append(name)
         try:

@@ -1,5 +1,6 @@
 """Reduced-precision variants of an export, made by ONNX Runtime's own tools: ``model.fp16.onnx`` (float16
-weights and arithmetic, float32 input and output) and ``model.int8.onnx`` (static INT8, QDQ format).
+weights and arithmetic, float32 input and output) and ``model.int8.onnx`` (static INT8, QDQ format); with the
+openvino extra also ``model.int8.xml`` + ``.bin``, NNCF's INT8 quantisation of the FP32 IR.
 
     lenet-export quantize --exported exported/fashion-mnist-lenet-modern
 
@@ -25,6 +26,7 @@ from .errors import ConfigError, ExportError, first_line
 from .metadata import METADATA_FILE, metadata_props, parse_prop
 
 VARIANTS = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+OPENVINO_INT8 = ("model.int8.xml", "model.int8.bin")  # with the openvino extra (NNCF)
 CALIBRATION_SPLIT = "train"  # the only split a variant may be calibrated on
 
 
@@ -101,6 +103,42 @@ def write_int8(src: Path, dst: Path, x: np.ndarray, calibration: dict, meta: dic
     onnx.save_model(model, str(dst))
 
 
+def _nncf_ready(exported: Path, meta: dict) -> bool:
+    """The OpenVINO INT8 variant needs the FP32 IR and the openvino extra (which brings NNCF)."""
+    import importlib.util
+
+    return ("openvino" in meta.get("formats", {}) and (exported / "model.xml").is_file()
+            and all(importlib.util.find_spec(p) is not None for p in ("openvino", "nncf")))
+
+
+def write_openvino_int8(exported: Path, x: np.ndarray, calibration: dict, meta: dict) -> None:
+    """NNCF's post-training INT8 quantisation of the FP32 IR, on the same calibration images; the two IR files
+    are written beside each other in a temporary folder, then renamed into place."""
+    import logging
+    import shutil
+    import tempfile
+
+    # NNCF imports torch's cpp_extension, which logs a warning about CUDA_HOME on CPU-only machines.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    import nncf
+    import openvino as ov
+
+    from .formats.openvino import RT_INFO_KEY
+
+    model = ov.Core().read_model(str(exported / "model.xml"))
+    batches = [x[i:i + 50] for i in range(0, len(x), 50)]
+    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(x))
+    for k, v in metadata_props({**meta, "precision": "int8", "calibration": {**calibration, "tool": "nncf"}}).items():
+        quantized.set_rt_info(v, [RT_INFO_KEY, k])
+    tmp = Path(tempfile.mkdtemp(prefix=".int8.", suffix=".tmp", dir=exported))
+    try:
+        ov.save_model(quantized, str(tmp / OPENVINO_INT8[0]), compress_to_fp16=False)
+        for f in OPENVINO_INT8[::-1]:  # .bin first: a reader never finds a new .xml beside an old .bin
+            (tmp / f).replace(exported / f)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
     """Write the variants into the export folder (under its lock); returns {variant: file}."""
     from .fsutil import atomic_write, atomic_write_json, locked, write_errors
@@ -124,9 +162,20 @@ def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
             raise ExportError(f"quantisation failed: {first_line(e)}") from None
         written = dict(VARIANTS)
         meta["formats"] = {**meta.get("formats", {}), **{k: [v] for k, v in VARIANTS.items()}}
+        if _nncf_ready(exported, meta):
+            try:
+                write_openvino_int8(exported, x, calibration, base)
+            except OSError:
+                raise
+            except Exception as e:  # NNCF and OpenVINO raise many types: report the first line
+                raise ExportError(f"OpenVINO INT8 quantisation failed: {first_line(e)}") from None
+            written["openvino-int8"] = OPENVINO_INT8[0]
+            meta["formats"]["openvino-int8"] = list(OPENVINO_INT8)
         meta["calibration"] = calibration
         atomic_write_json(exported / METADATA_FILE, meta)
     for name, f in written.items():
-        log(f"wrote {exported / f} ({(exported / f).stat().st_size / 1024:,.0f} KiB)")
+        files = OPENVINO_INT8 if f == OPENVINO_INT8[0] else (f,)
+        size = sum((exported / g).stat().st_size for g in files)
+        log(f"wrote {' + '.join(str(exported / g) for g in files)} ({size / 1024:,.0f} KiB)")
     log(f"calibration: {calibration['size']} images of the {calibration['split']} split, seed {calibration['seed']}")
     return written

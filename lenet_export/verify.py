@@ -86,7 +86,7 @@ def measure_timing(r: Runner, x: np.ndarray, batch_times: list[tuple[int, float]
                   float(steady[0][0] / np.median([s for _, s in steady])), steady[0][0])
 
 
-COMPANIONS = {"model.xml": ("model.bin",)}  # files a runtime loads together with its artefact
+COMPANIONS = {"model.xml": ("model.bin",), "model.int8.xml": ("model.int8.bin",)}  # files a runtime loads together with its artefact
 
 
 def artefact_size(exported: Path, artefact: str | None) -> tuple[str, int | None]:

@@ -1,5 +1,6 @@
 """lenet-export quantize: FP16 and INT8 variants judged by their own budgets on the whole test set."""
 
+import importlib.util
 import json
 import shutil
 
@@ -52,6 +53,12 @@ def test_variants_pass_their_budgets(dataset, quantized, runs, request):
     props = {p.key: p.value for p in onnx.load(out / "model.int8.onnx").metadata_props}
     assert json.loads(props["calibration"]) == cal and props["precision"] == "int8"
     assert rep.metadata.passed and "model.int8.onnx" in rep.metadata.files
+    if importlib.util.find_spec("nncf") and importlib.util.find_spec("openvino"):
+        ov = _verify(out, dataset, runs, request, ("openvino-cpu", "openvino-cpu-int8"))
+        e = ov.backends["openvino-cpu-int8"]
+        assert ov.passed and e.precision == "int8", ov.problems
+        assert e.size_bytes < 0.35 * ov.backends["openvino-cpu"].size_bytes
+        assert "model.int8.xml:rt_info" in ov.metadata.files
 
 
 def test_bad_calibration_fails_the_accuracy_budget(runs, exports, request, tmp_path, monkeypatch):

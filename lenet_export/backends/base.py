@@ -46,7 +46,8 @@ class Context:
 
             fmt = next((f.name for f in registry().values() if name in f.files), None)
             if fmt is None:  # a reduced-precision variant
-                raise Skip(f"the export has no {name} (lenet-export quantize --exported {self.exported})")
+                extra = " with the openvino extra" if name.endswith(".xml") else ""
+                raise Skip(f"the export has no {name} (lenet-export quantize --exported {self.exported}{extra})")
             why = (self.metadata.get("skipped_formats") or {}).get(fmt)
             raise Skip(f"the export has no {name} (format {fmt}: {why or 'not requested'}; "
                        f"lenet-export onnx --formats {fmt})")

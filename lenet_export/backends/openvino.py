@@ -14,11 +14,19 @@ from .base import Backend, Context, Runner
 INSTALL = "pip install 'lenet-export[openvino]'"
 
 
-def _open(ctx: Context) -> Runner:
+def _open(ctx: Context, artefact: str = "model.xml") -> Runner:
     import openvino as ov
 
     core = ov.Core()
-    model = core.read_model(str(ctx.artefact("model.xml")))
+    model = core.read_model(str(ctx.artefact(artefact)))
+    if artefact != "model.xml" and model.has_rt_info(["lenet_export", "calibration"]):
+        from ..metadata import parse_prop
+        from ..quantize import CALIBRATION_SPLIT
+
+        split = parse_prop(model.get_rt_info(["lenet_export", "calibration"]).astype(str)).get("split")
+        if split != CALIBRATION_SPLIT:
+            raise ValueError(f"calibrated on the {split!r} split: refused (only the training split may be used; "
+                             "the test split is what verify judges on)")
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
 
@@ -33,4 +41,8 @@ def _open(ctx: Context) -> Runner:
     return Runner(run, info)
 
 
-BACKENDS = (Backend("openvino-cpu", "model.xml", "openvino", INSTALL, _open),)
+BACKENDS = (
+    Backend("openvino-cpu", "model.xml", "openvino", INSTALL, _open),
+    Backend("openvino-cpu-int8", "model.int8.xml", "openvino", INSTALL, lambda ctx: _open(ctx, "model.int8.xml"),
+            precision="int8"),
+)
