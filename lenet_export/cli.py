@@ -45,8 +45,13 @@ def cli_errors(fn):
     return wrapper
 
 
-DataDir = Annotated[Optional[Path], typer.Option(help="Folder with the data set (see README, 'Data'); "
-                                                      "default: $LENET_EXPORT_DATA or ./data, then system copies.")]
+Exported = Annotated[Path, typer.Option(help="Export folder written by `lenet-export onnx`.")]
+ExportCheckpoint = Annotated[Optional[Path], typer.Option(help="The checkpoint it was exported from; "
+                                                               "default: <exported>/best.pth.")]
+SHIPPED = Path("exported/fashion-mnist-lenet-modern")
+DataDir = Annotated[Optional[Path], typer.Option(help="Folder with the data set (see README, 'Data'); a folder given "
+                                                      "must hold it. Default: $LENET_EXPORT_DATA or ./data, then "
+                                                      "system copies.")]
 
 
 @app.command()
@@ -137,10 +142,8 @@ def onnx(
 @app.command()
 @cli_errors
 def verify(
-    exported: Annotated[Path, typer.Option(help="Export folder written by `lenet-export onnx`.")] = Path(
-        "exported/fashion-mnist-lenet-modern"),
-    checkpoint: Annotated[Optional[Path], typer.Option(help="The checkpoint it was exported from; "
-                                                            "default: <exported>/best.pth.")] = None,
+    exported: Exported = SHIPPED,
+    checkpoint: ExportCheckpoint = None,
     data_dir: DataDir = None,
     dataset: Annotated[Optional[str], typer.Option(help="Test set to use; default: the checkpoint's.")] = None,
     backends: Annotated[str, typer.Option(help="Comma-separated backend names (see the README), or all.")] = "all",
@@ -165,10 +168,8 @@ def verify(
 @app.command()
 @cli_errors
 def quantize(
-    exported: Annotated[Path, typer.Option(help="Export folder written by `lenet-export onnx`.")] = Path(
-        "exported/fashion-mnist-lenet-modern"),
-    checkpoint: Annotated[Optional[Path], typer.Option(help="The checkpoint it was exported from; "
-                                                            "default: <exported>/best.pth.")] = None,
+    exported: Exported = SHIPPED,
+    checkpoint: ExportCheckpoint = None,
     data_dir: DataDir = None,
     calibration_size: Annotated[int, typer.Option(help="Training images used for INT8 calibration.")] = 500,
     seed: Annotated[int, typer.Option(help="Seed of the calibration subset.")] = 0,
@@ -188,10 +189,8 @@ def quantize(
 def diff(
     backend: Annotated[str, typer.Option(help="Runtime to localise: ort-cpu, ort-cpu-raw, ort-cuda, ort-cuda-raw, "
                                               "openvino-cpu, torchscript-cpu, torchscript-cuda, pt2-cpu.")],
-    exported: Annotated[Path, typer.Option(help="Export folder written by `lenet-export onnx`.")] = Path(
-        "exported/fashion-mnist-lenet-modern"),
-    checkpoint: Annotated[Optional[Path], typer.Option(help="The checkpoint it was exported from; "
-                                                            "default: <exported>/best.pth.")] = None,
+    exported: Exported = SHIPPED,
+    checkpoint: ExportCheckpoint = None,
     data_dir: DataDir = None,
     samples: Annotated[int, typer.Option(help="Run the first N test images.")] = 64,
     atol: Annotated[float, typer.Option(help="Absolute tolerance per activation (as verify's per logit).")] = 1e-4,
@@ -218,10 +217,8 @@ def diff(
 @app.command()
 @cli_errors
 def bench(
-    exported: Annotated[Path, typer.Option(help="Export folder written by `lenet-export onnx`.")] = Path(
-        "exported/fashion-mnist-lenet-modern"),
-    checkpoint: Annotated[Optional[Path], typer.Option(help="The checkpoint it was exported from; "
-                                                            "default: <exported>/best.pth.")] = None,
+    exported: Exported = SHIPPED,
+    checkpoint: ExportCheckpoint = None,
     data_dir: DataDir = None,
     backends: Annotated[str, typer.Option(help="Comma-separated CPU backends, or all.")] = "all",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the rows as JSON here.")] = None,
