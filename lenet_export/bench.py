@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Context
-from .verify import EVAL_BATCH, VerifyOptions, artefact_size, load_artefacts, load_inputs, measure_timing, open_backend, requested, verify
+from .verify import (EVAL_BATCH, VerifyOptions, artefact_size, latency_batch1, load_artefacts, load_inputs,
+                     open_backend, requested, verify)
 
 SWEEP = (1, 4, 16, 64, 256, 1024, 4096)
 MIN_SECONDS = 0.25  # each batch size runs at least this long (and at least 2 batches)
@@ -71,16 +72,12 @@ def bench(exported: Path, checkpoint: Path | None, data_dir: str | None, backend
         _, runner = open_backend(b, ctx, False) if res.ran else (None, None)
         if runner is not None:
             x = inputs.for_backend(b)[:EVAL_BATCH]
-            row.latency_ms_batch1 = _latency(runner, x)
+            row.latency_ms_batch1 = latency_batch1(runner, x)["median"]
             row.best_batch, row.throughput_img_s = sweep(lambda a: (runner.run(a), runner.sync()), x)
             log(f"{b.name:<16} latency {row.latency_ms_batch1:.3f} ms  best batch {row.best_batch}  "
                 f"{row.throughput_img_s:,.0f} img/s")
         rows.append(row)
     return rows
-
-
-def _latency(runner, x: np.ndarray) -> float:
-    return measure_timing(runner, x, [(1, 1.0)]).latency_ms_batch1["median"]
 
 
 def markdown(rows: list[BenchRow], title: str) -> str:

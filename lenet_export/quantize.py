@@ -17,8 +17,10 @@ and 9,006 equal), beyond the INT8 budget. ``--per-channel`` is there to re-measu
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -103,6 +105,18 @@ def write_int8(src: Path, dst: Path, x: np.ndarray, calibration: dict, meta: dic
     onnx.save_model(model, str(dst))
 
 
+@contextlib.contextmanager
+def _tool_errors(what: str) -> Iterator[None]:
+    """The quantisation tools raise many exception types: report the first line as ``ExportError``. OSErrors
+    pass through, for ``write_errors`` to turn into a one-line message about the disk."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:
+        raise ExportError(f"{what} failed: {first_line(e)}") from None
+
+
 def _nncf_ready(exported: Path, meta: dict) -> bool:
     """The OpenVINO INT8 variant needs the FP32 IR and the openvino extra (which brings NNCF)."""
     import importlib.util
@@ -141,34 +155,25 @@ def write_openvino_int8(exported: Path, x: np.ndarray, calibration: dict, meta: 
 
 def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
     """Write the variants into the export folder (under its lock); returns {variant: file}."""
+    import onnx
+
     from .fsutil import atomic_write, atomic_write_json, locked, write_errors
     from .verify import load_artefacts
 
     exported = Path(opts.exported)
     meta, ckpt, _, _ = load_artefacts(exported, opts.checkpoint)
     x, calibration = calibration_images(ckpt, opts)
-    import onnx  # noqa: E402 - the package is a core dependency; kept local like every other heavy import
-
     base = {p.key: parse_prop(p.value) for p in onnx.load(str(exported / "model.onnx")).metadata_props}
-    written = {}
     with write_errors(exported), locked(exported.parent / f".{exported.name}.lock", what=str(exported)):
-        try:
+        with _tool_errors("quantisation"):
             atomic_write(exported / VARIANTS["fp16"], lambda p: write_fp16(exported / "model.onnx", p, base))
             atomic_write(exported / VARIANTS["int8"], lambda p: write_int8(exported / "model.onnx", p, x, calibration,
                                                                             base, opts.per_channel))
-        except OSError:
-            raise
-        except Exception as e:  # the quantisation tools raise many types: report the first line
-            raise ExportError(f"quantisation failed: {first_line(e)}") from None
         written = dict(VARIANTS)
         meta["formats"] = {**meta.get("formats", {}), **{k: [v] for k, v in VARIANTS.items()}}
         if _nncf_ready(exported, meta):
-            try:
+            with _tool_errors("OpenVINO INT8 quantisation"):
                 write_openvino_int8(exported, x, calibration, base)
-            except OSError:
-                raise
-            except Exception as e:  # NNCF and OpenVINO raise many types: report the first line
-                raise ExportError(f"OpenVINO INT8 quantisation failed: {first_line(e)}") from None
             written["openvino-int8"] = OPENVINO_INT8[0]
             meta["formats"]["openvino-int8"] = list(OPENVINO_INT8)
         meta["calibration"] = calibration

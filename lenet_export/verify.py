@@ -68,8 +68,8 @@ def run_batched(r: Runner, x: np.ndarray, batch: int, times: list | None = None)
     return [np.concatenate(parts) for parts in zip(*outs)]
 
 
-def measure_timing(r: Runner, x: np.ndarray, batch_times: list[tuple[int, float]]) -> Timing:
-    """Latency at batch 1 (median of LATENCY_RUNS) and throughput from the full pass's batch times."""
+def latency_batch1(r: Runner, x: np.ndarray) -> dict:
+    """Median and p90 latency (ms) of LATENCY_RUNS single-image runs, after a warm-up."""
     one = np.ascontiguousarray(x[:1])
     for _ in range(5):
         r.run(one)
@@ -80,10 +80,14 @@ def measure_timing(r: Runner, x: np.ndarray, batch_times: list[tuple[int, float]
         r.run(one)
         r.sync()
         lat.append(time.perf_counter() - t)
+    return {"median": float(np.median(lat) * 1e3), "p90": float(np.percentile(lat, 90) * 1e3)}
+
+
+def measure_timing(r: Runner, x: np.ndarray, batch_times: list[tuple[int, float]]) -> Timing:
+    """Latency at batch 1 and throughput from the full pass's batch times."""
     # The first batch of the full pass pays for warm-up (allocations, kernel choice): leave it out.
     steady = [(n, s) for n, s in batch_times[1:] if n == EVAL_BATCH] or batch_times
-    return Timing({"median": float(np.median(lat) * 1e3), "p90": float(np.percentile(lat, 90) * 1e3)},
-                  float(steady[0][0] / np.median([s for _, s in steady])), steady[0][0])
+    return Timing(latency_batch1(r, x), float(steady[0][0] / np.median([s for _, s in steady])), steady[0][0])
 
 
 COMPANIONS = {"model.xml": ("model.bin",), "model.int8.xml": ("model.int8.bin",)}  # files a runtime loads together with its artefact
