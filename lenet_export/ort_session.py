@@ -47,8 +47,13 @@ def open_session(path: str | Path, device: str = "cpu", *, providers: list | Non
         raise ArtefactError(f"{path} does not exist")
     opts = ort.SessionOptions()
     opts.log_severity_level = log_level
+    providers = providers or providers_for(device)
+    if CUDA in [p[0] if isinstance(p, tuple) else p for p in providers] and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu >= 1.21 finds CUDA and cuDNN in the nvidia-* wheels (which torch installs) only
+        # when asked to; a library still missing shows as a CPU fallback, which the CUDA backends fail.
+        ort.preload_dlls()
     try:
-        return ort.InferenceSession(str(path), opts, providers=providers or providers_for(device))
+        return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for unreadable or invalid models
         raise ArtefactError(f"onnxruntime cannot load {path.name}: {first_line(e)}") from None
 
