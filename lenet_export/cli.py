@@ -118,8 +118,8 @@ def onnx(
     opset: Annotated[int, typer.Option(help="ONNX opset (dynamo: 18 and up; torchscript: 9..20).")] = 18,
     exporter: Annotated[str, typer.Option(help="dynamo (torch.export based) or torchscript (legacy).")] = "dynamo",
     formats: Annotated[str, typer.Option(help="Comma-separated formats to write besides onnx and raw-onnx "
-                                              "(torchscript, pt2, openvino), or all (skipping those whose package "
-                                              "is missing).")] = "all",
+                                              "(torchscript, pt2, openvino, executorch, litert), or all (skipping those whose "
+                                              "package is missing).")] = "all",
     torchscript: Annotated[bool, typer.Option("--torchscript/--no-torchscript",
                                               help="Write model.pt (TorchScript) when --formats includes it.")] = True,
     force: Annotated[bool, typer.Option(help="Replace an existing output folder (only once the new export "

@@ -2,7 +2,9 @@
 
 lenet-export writes the same metadata into every artefact that can hold it: ``metadata.json``, the
 ``metadata_props`` of ``model.onnx`` and ``model.raw.onnx``, the extra file ``metadata.json`` inside
-``model.pt`` (TorchScript) and ``model.pt2`` (torch.export), and OpenVINO's ``rt_info`` in ``model.xml``.
+``model.pt`` (TorchScript) and ``model.pt2`` (torch.export), OpenVINO's ``rt_info`` in ``model.xml``, the
+constant method ``metadata`` of ``model.pte`` (ExecuTorch) and the flatbuffer metadata entry ``lenet_export``
+of ``model.tflite`` (LiteRT).
 Apps read classes and normalisation from them (``lenet_export.runtime`` does), so each copy must agree with
 the checkpoint: a wrong class list or mean there mislabels every prediction while the logits stay exact.
 """
@@ -16,6 +18,8 @@ from pathlib import Path
 from .errors import first_line
 
 METADATA_FILE = "metadata.json"
+TFLITE_METADATA_KEY = "lenet_export"  # the name of the entry in a .tflite file's metadata table
+PTE_METADATA_METHOD = "metadata"  # the constant method of a .pte program that returns the metadata as JSON
 CHECKED_FIELDS = ("classes", "mean", "std", "input_shape", "checkpoint_sha256")
 
 
@@ -125,6 +129,32 @@ def read_openvino_metadata(path: Path) -> dict:
     return {k: parse_prop(model.get_rt_info(["lenet_export", k]).astype(str)) for k in keys}
 
 
+def read_tflite_metadata(path: Path) -> dict:
+    """The ``lenet_export`` entry of a .tflite file's metadata table; torch-free (LiteRT's flatbuffer schema)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = Path(path).read_bytes()
+    model = schema.Model.GetRootAs(buf, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == TFLITE_METADATA_KEY.encode():
+            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+    raise ValueError(f"no {TFLITE_METADATA_KEY!r} entry in its metadata table")
+
+
+def read_pte_metadata(path: Path) -> dict:
+    """What the constant method ``metadata`` of a .pte program returns, by ExecuTorch's runtime."""
+    from executorch.runtime import Runtime
+
+    from .native import captured_stderr
+
+    with captured_stderr():
+        program = Runtime.get().load_program(Path(path))
+        if PTE_METADATA_METHOD not in program.method_names:
+            raise ValueError(f"the program has no method {PTE_METADATA_METHOD!r}")
+        return json.loads(program.load_method(PTE_METADATA_METHOD).execute([])[0])
+
+
 def copies(meta: dict) -> list[tuple[str, str, object, bool]]:
     """(name, file, reader, raw input?) for every copy of the metadata an export holds."""
     formats = meta.get("formats") or {}
@@ -142,7 +172,14 @@ def copies(meta: dict) -> list[tuple[str, str, object, bool]]:
         out.append(("model.xml:rt_info", "model.xml", read_openvino_metadata, False))
     if "openvino-int8" in formats:
         out.append(("model.int8.xml:rt_info", "model.int8.xml", read_openvino_metadata, False))
+    if "executorch" in formats:
+        out.append((f"model.pte:{PTE_METADATA_METHOD}()", "model.pte", read_pte_metadata, False))
+    if "litert" in formats:
+        out.append((f"model.tflite:{TFLITE_METADATA_KEY}", "model.tflite", read_tflite_metadata, False))
     return out
+
+
+READERS_PACKAGE = {".xml": "openvino", ".pte": "executorch", ".tflite": "ai_edge_litert"}  # checked where installed
 
 
 def check_metadata(exported: Path, ckpt: dict, checkpoint_sha256: str, meta: dict) -> MetadataCheck:
@@ -152,7 +189,8 @@ def check_metadata(exported: Path, ckpt: dict, checkpoint_sha256: str, meta: dic
 
     check = MetadataCheck()
     for name, file, read, raw in copies(meta):
-        if file.endswith(".xml") and importlib.util.find_spec("openvino") is None:
+        package = READERS_PACKAGE.get(Path(file).suffix)
+        if package and importlib.util.find_spec(package) is None:
             continue
         check.files.append(name)
         try:

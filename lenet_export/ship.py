@@ -62,7 +62,7 @@ def model_card(folder: Path, rep: "Report") -> str:
     skipped = {k: v.reason for k, v in rep.backends.items() if v.status == "skipped"}
     rows = "\n".join(
         f"| {k} | {v.status} | {v.accuracy:.4f} | {v.logits.max_abs:.1e} | {v.argmax_agree}/{rep.samples} "
-        f"| {v.batch_invariance.max_abs_diff:.1e} | {v.timing.latency_ms_batch1['median']:.3f} | {v.timing.throughput_img_s:,.0f} |"
+        f"| {v.batch_invariance.summary} | {v.timing.latency_ms_batch1['median']:.3f} | {v.timing.throughput_img_s:,.0f} |"
         for k, v in ran.items())
     skipped_txt = "\n".join(f"- {k}: skipped ({r})" for k, r in skipped.items()) or "- none"
     return f"""# {meta['model_name']} on {meta['dataset']}

@@ -86,8 +86,18 @@ def latency_batch1(r: Runner, x: np.ndarray) -> dict:
 def measure_timing(r: Runner, x: np.ndarray, batch_times: list[tuple[int, float]]) -> Timing:
     """Latency at batch 1 and throughput from the full pass's batch times."""
     # The first batch of the full pass pays for warm-up (allocations, kernel choice): leave it out.
-    steady = [(n, s) for n, s in batch_times[1:] if n == EVAL_BATCH] or batch_times
+    steady = [(n, s) for n, s in batch_times[1:] if n == batch_times[0][0]] or batch_times
     return Timing(latency_batch1(r, x), float(steady[0][0] / np.median([s for _, s in steady])), steady[0][0])
+
+
+def batch_plan(r: Runner) -> tuple[int, tuple[int, ...]]:
+    """(batch of the full pass, batch sizes of the invariance check) within what the artefact takes. A fixed
+    batch has no other size to compare with: no sizes, and the check says so (``parity.batch_invariance``)."""
+    if r.batch_range is None:
+        return EVAL_BATCH, BATCH_INVARIANCE_SIZES
+    lo, hi = r.batch_range
+    full = max(lo, min(EVAL_BATCH, hi))
+    return full, tuple(s for s in BATCH_INVARIANCE_SIZES if lo <= s <= hi and lo < hi)
 
 
 COMPANIONS = {"model.xml": ("model.bin",), "model.int8.xml": ("model.int8.bin",)}  # files a runtime loads together with its artefact
@@ -128,10 +138,11 @@ def evaluate(b: Backend, ctx: Context, inputs: Inputs, ref: np.ndarray | None, t
     x = inputs.for_backend(b)
     try:
         t, batch_times = time.perf_counter(), []
-        outs = run_batched(runner, x, EVAL_BATCH, batch_times)
+        full, sizes = batch_plan(runner)
+        outs = run_batched(runner, x, full, batch_times)
         res.seconds_full_pass = round(time.perf_counter() - t, 3)
         k = min(BATCH_INVARIANCE_SAMPLES, len(x))
-        by_batch = {s: run_batched(runner, x[:k], s)[0] for s in BATCH_INVARIANCE_SIZES}
+        by_batch = {s: run_batched(runner, x[:k], s)[0] for s in sizes}
         timing = measure_timing(runner, x, batch_times) if measure else None
     except Exception as e:  # as above: the runtime's own error types, reported in one line
         return res.fail(f"cannot run {b.artefact or 'the checkpoint'}: {first_line(e)}"), None
@@ -146,7 +157,7 @@ def evaluate(b: Backend, ctx: Context, inputs: Inputs, ref: np.ndarray | None, t
     res.accuracy, res.argmax_agree, res.logits, res.disagreements = j.accuracy, j.argmax_agree, j.logits, j.flips
     res.precision = b.precision
     res.size_bytes = artefact_size(ctx.exported, b.artefact)[1]
-    res.batch_invariance = batch_invariance(by_batch, logits, EVAL_BATCH, tol)
+    res.batch_invariance = batch_invariance(by_batch, logits, full, tol)
     res.timing = timing
     res.failures += j.failures
     if not res.batch_invariance.passed:

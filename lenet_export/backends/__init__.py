@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib
 
 from ..errors import ConfigError
-from .base import FLOAT, UINT8, Backend, Context, Fallback, Runner, Skip
+from .base import FLOAT, UINT8, Backend, BatchRangeError, Context, Fallback, Runner, Skip
 
-MODULES = ("torch_eager", "torchscript", "onnxruntime", "pt2", "openvino", "opencv", "ort_web")
+MODULES = ("torch_eager", "torchscript", "onnxruntime", "pt2", "openvino", "opencv", "ort_web", "executorch", "litert")
 REFERENCE = "torch-cpu"
 
-__all__ = ["FLOAT", "UINT8", "Backend", "Context", "Fallback", "Runner", "Skip", "REFERENCE", "registry", "get",
+__all__ = ["FLOAT", "UINT8", "Backend", "BatchRangeError", "Context", "Fallback", "Runner", "Skip", "REFERENCE", "registry", "get",
            "names"]
 
 

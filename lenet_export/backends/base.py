@@ -26,6 +26,10 @@ class Fallback(Exception):
     """The backend runs, but not on what it claims (e.g. ONNX Runtime CUDA fell back to CPU)."""
 
 
+class BatchRangeError(ValueError):
+    """A batch size the artefact was not exported for (a fixed batch, or outside a bounded dynamic range)."""
+
+
 FLOAT, UINT8 = "float", "uint8"  # float: normalised N x C x H x W; uint8: decoded images (model.raw.onnx layout)
 
 
@@ -59,9 +63,27 @@ class Context:
 
 @dataclass
 class Runner:
+    """``batch_range``: the (smallest, largest) batch the artefact takes, read from the artefact (None: any).
+    ``run`` refuses a batch outside it with ``BatchRangeError`` before the runtime sees it: runtimes answer
+    with a resize error code (ExecuTorch) or a shape message (LiteRT) that does not say what to do."""
+
     run: Callable[[np.ndarray], list[np.ndarray]]  # one batch -> outputs, logits first
     runtime: dict  # what actually ran: package version, providers, device, threads, TF32
     sync: Callable[[], None] = lambda: None  # wait for asynchronous devices before reading a clock
+    batch_range: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.batch_range is None:
+            return
+        lo, hi = self.batch_range
+        inner = self.run
+
+        def run(x: np.ndarray) -> list[np.ndarray]:
+            if not lo <= len(x) <= hi:
+                takes = f"a fixed batch of {lo}" if lo == hi else f"batches of {lo} to {hi}"
+                raise BatchRangeError(f"batch of {len(x)} refused: the artefact was exported for {takes}")
+            return inner(x)
+        self.run = run
 
 
 @dataclass(frozen=True)

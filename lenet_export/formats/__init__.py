@@ -11,7 +11,7 @@ import importlib
 from ..errors import ConfigError
 from .base import Format, Target
 
-MODULES = ("onnx", "torchscript", "pt2", "openvino")
+MODULES = ("onnx", "torchscript", "pt2", "openvino", "executorch", "litert")
 
 __all__ = ["Format", "Target", "registry", "select"]
 

@@ -20,7 +20,7 @@ def _write(t: Target) -> dict:
     buf = io.BytesIO()  # as for TorchScript: Python does the writing, so a full disk is an OSError
     torch.export.save(program, buf, extra_files={METADATA_FILE: json.dumps(t.metadata)})
     (t.folder / "model.pt2").write_bytes(buf.getvalue())
-    return {"pt2_batch_range": [1, MAX_BATCH]}
+    return {"model.pt2": {"batch_range": [1, MAX_BATCH]}}
 
 
 FORMATS = (Format("pt2", ("model.pt2",), _write),)

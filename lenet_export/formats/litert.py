@@ -1,0 +1,68 @@
+"""LiteRT (TensorFlow Lite): ``model.tflite``, batch 1, converted by litert-torch from the torch module.
+
+Batch 1 is what phones run, and the only batch this model keeps through conversion: a dynamic batch fails
+in ``nn.Flatten``, and reshape-based variants convert but fail at run time. The input is the float32 NCHW
+tensor of ``model.onnx`` (shape 1 x C x H x W); the output is the logits.
+
+The metadata is stored the TFLite way, as a named entry of the flatbuffer's ``metadata`` table (the same
+mechanism as the converter's own ``min_runtime_version``), written with LiteRT's own flatbuffer tools, and
+under ``model.tflite`` in ``metadata.json``. ``metadata.read_tflite_metadata`` reads it without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+
+import numpy as np
+
+from ..metadata import TFLITE_METADATA_KEY
+from ..native import captured_stderr
+from .base import Format, Target
+
+INSTALL = "pip install 'lenet-export[litert]'"
+BATCH = 1
+
+
+@contextmanager
+def _no_progress():
+    """litert-torch prints a progress tree to stdout unless LITERT_TORCH_SHOW_PROGRESS says no."""
+    before = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
+    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
+        else:
+            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = before
+
+
+def with_metadata(model_bytes: bytes, metadata: dict) -> bytes:
+    """``model_bytes`` with ``metadata`` (JSON) as the flatbuffer metadata entry ``lenet_export``."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = TFLITE_METADATA_KEY, len(model.buffers) - 1
+    model.metadata = [m for m in model.metadata or [] if m.name != TFLITE_METADATA_KEY.encode()] + [entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _write(t: Target) -> dict:
+    import litert_torch
+    import torch
+
+    with _no_progress(), captured_stderr():
+        converted = litert_torch.convert(t.model, (torch.zeros(BATCH, *t.sample.shape[1:]),)).model_content()
+    info = {"batch_range": [BATCH, BATCH], "converter": f"litert-torch {litert_torch.__version__}"}
+    (t.folder / "model.tflite").write_bytes(with_metadata(converted, {**t.metadata, **info}))
+    return {"model.tflite": info}
+
+
+FORMATS = (Format("litert", ("model.tflite",), _write, package="litert_torch", install=INSTALL),)
