@@ -2,8 +2,9 @@
 
 ``lenet-export ship --dataset fashion-mnist`` (and ``--dataset cifar10 --data-dir ...``) regenerates
 ``exported/<dataset>-<model>/`` with the checkpoint (``best.pth``), ``model.onnx``, ``model.raw.onnx``,
-``model.pt``, golden test data, ``metadata.json``, ``metrics.json``, ``history.csv``, ``verify.json`` and
-``MODEL_CARD.md``.
+every format ``lenet-export onnx`` writes (ONNX, TorchScript, .pt2, OpenVINO, ExecuTorch, LiteRT), the
+reduced-precision variants, golden test data, ``metadata.json``, ``metrics.json``, ``history.csv``,
+``verify.json`` and ``MODEL_CARD.md``.
 """
 
 from __future__ import annotations
@@ -122,6 +123,17 @@ def precision_section(rep: "Report") -> str:
                       "|---|---|---|---|---|---|---|", *lines, "", advice])
 
 
+def _mobile_lines(meta: dict) -> str:
+    def batch(artefact: str) -> str:
+        lo, hi = meta[artefact]["batch_range"]
+        return f"{lo} only" if lo == hi else f"{lo}..{hi}"
+    lines = {"executorch": lambda: f"- `model.pte`: ExecuTorch program (XNNPACK delegate), batch {batch('model.pte')}, "
+                                   "metadata from its method `metadata()`.\n",
+             "litert": lambda: f"- `model.tflite`: LiteRT flatbuffer, batch {batch('model.tflite')}, metadata in its "
+                               "metadata entry `lenet_export`.\n"}
+    return "".join(line() for fmt, line in lines.items() if fmt in meta.get("formats", {}))
+
+
 def files_section(folder: Path, meta: dict) -> str:
     c = len(meta["mean"])
     raw_shape = "N x H x W" if c == 1 else "N x H x W x 3"
@@ -132,7 +144,7 @@ def files_section(folder: Path, meta: dict) -> str:
 - `model.pt`: TorchScript ({meta.get('torchscript_method')}), metadata in the extra file `metadata.json`.
 - `model.pt2`: torch.export ExportedProgram (dynamic batch), metadata in its extra file `metadata.json`.
 - `model.xml` + `model.bin`: OpenVINO IR in FP32, metadata in `rt_info` (`lenet_export`).
-- `model.fp16.onnx`, `model.int8.onnx`: reduced-precision variants (see above), metadata in `metadata_props`.
+{_mobile_lines(meta)}- `model.fp16.onnx`, `model.int8.onnx`: reduced-precision variants (see above), metadata in `metadata_props`.
 - `test_data_set_0/`, `raw_test_data_set_0/`: golden inputs/outputs (ONNX test-data layout), one real test image per class.
 - `best.pth`: the checkpoint (sha256 `{meta['checkpoint_sha256']}`), `metadata.json`, `metrics.json`, `history.csv`.
 
@@ -147,5 +159,6 @@ pred = clf.classify(images)   # uint8 {raw_shape.replace('N x ', '')} or {raw_sh
 print(pred.class_names, pred.probabilities.max(axis=1), clf.provider)
 ```
 
-Node.js: `node examples/node/classify.js {folder.as_posix()}` (see the README, "Embedding").
+Node.js: `node examples/node/classify.js {folder.as_posix()}`; Android and embedded apps (ExecuTorch, LiteRT):
+see the README, "Embedding".
 """

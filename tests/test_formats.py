@@ -25,8 +25,10 @@ def needs(package):
 def test_default_export_writes_every_format(exports):
     out = exports("fashion-mnist")
     meta = json.loads((out / "metadata.json").read_text())
-    expected = {"onnx", "raw-onnx", "torchscript", "pt2"} | ({"openvino"} if importlib.util.find_spec("openvino") else set())
+    optional = {"openvino": "openvino", "executorch": "executorch", "litert": "litert_torch"}
+    expected = {"onnx", "raw-onnx", "torchscript", "pt2"} | {f for f, p in optional.items() if importlib.util.find_spec(p)}
     assert set(meta["formats"]) == expected
+    assert set(meta["skipped_formats"]) == set(optional) - expected
     for files in meta["formats"].values():
         assert all((out / f).is_file() for f in files)
 

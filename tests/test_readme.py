@@ -69,3 +69,27 @@ def test_openvino_and_opencv_snippets_run_without_torch(marker, package):
     export = REPO / "exported" / "fashion-mnist-lenet-modern"
     x = numpy_helper.to_array(onnx.load_tensor(export / "test_data_set_0" / "input_0.pb"))
     assert json.loads(r.stdout.strip().replace("'", '"')) == Classifier(export / "model.onnx").classify(x).class_names
+
+
+@pytest.mark.parametrize("marker,package,torch_free", [("embed-litert", "ai_edge_litert", True),
+                                                       ("embed-executorch", "executorch", False)])
+def test_mobile_snippets_run(marker, package, torch_free):
+    """The Python equivalents of the Android / embedded loading code, on the shipped model.pte / model.tflite."""
+    import importlib.util
+    import json
+
+    import onnx
+    from onnx import numpy_helper
+
+    from lenet_export.runtime import Classifier
+
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed (pip install 'lenet-export[{marker.split('-')[1]}]')")
+    block = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n" if torch_free else ""
+    r = subprocess.run([sys.executable, "-c", block + snippet(marker)], cwd=REPO, capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 0, r.stderr
+    export = REPO / "exported" / "fashion-mnist-lenet-modern"
+    x = numpy_helper.to_array(onnx.load_tensor(export / "test_data_set_0" / "input_0.pb"))
+    printed = r.stdout.strip().splitlines()[-1]
+    assert json.loads(printed.replace("'", '"')) == Classifier(export / "model.onnx").classify(x).class_names

@@ -25,11 +25,11 @@ def _open(ctx: Context) -> Runner:
     from executorch.runtime import Runtime
     from executorch.version import __version__
 
-    runtime = Runtime.get()
-    if not runtime.backend_registry.is_available(DELEGATE):
-        raise RuntimeError(f"this ExecuTorch build has no {DELEGATE} (registered: "
-                           f"{', '.join(runtime.backend_registry.registered_backend_names)})")
-    with captured_stderr():  # the runtime's CPU probe logs a few lines on every load
+    with captured_stderr():  # the runtime's CPU probe logs a few lines when it starts
+        runtime = Runtime.get()
+        if not runtime.backend_registry.is_available(DELEGATE):
+            raise RuntimeError(f"this ExecuTorch build has no {DELEGATE} (registered: "
+                               f"{', '.join(runtime.backend_registry.registered_backend_names)})")
         program = runtime.load_program(ctx.artefact("model.pte"))
         forward = program.load_method("forward")
         meta = json.loads(program.load_method(PTE_METADATA_METHOD).execute([])[0])

@@ -4,6 +4,11 @@ The metadata is stored in the model's ``rt_info`` under ``lenet_export``.
 
 ``openvino.save_model`` compresses weights to FP16 by default, which moves these logits by ~5e-3: the IR is
 saved with ``compress_to_fp16=False`` (and verify fails an FP16-compressed IR).
+
+The ONNX file is read with ``Core.read_model`` (OpenVINO's ONNX frontend) rather than ``convert_model``: the
+latter also sends OpenVINO's usage telemetry (opt-out, ``opt_in_out --opt_out``) from a forked process on every
+call, which an export should not do on the user's behalf, and which forks a process that has JAX loaded
+(litert-torch) in ``ship`` and the tests.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ RT_INFO_KEY = "lenet_export"
 def _write(t: Target) -> dict:
     import openvino as ov
 
-    model = ov.convert_model(str(t.folder / "model.onnx"))
+    model = ov.Core().read_model(str(t.folder / "model.onnx"))
     for k, v in metadata_props(t.metadata).items():
         model.set_rt_info(v, [RT_INFO_KEY, k])
     ov.save_model(model, str(t.folder / "model.xml"), compress_to_fp16=False)

@@ -1,0 +1,165 @@
+"""ExecuTorch (model.pte) and LiteRT (model.tflite): the batch range at its edges, the metadata inside each
+artefact (and verify failing when it is wrong), a broken artefact failing in one line, and LiteRT without torch.
+Whole-test-set parity for both backends on both data sets is test_verify.py::test_parity."""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli
+from lenet_export.backends import BatchRangeError, Context, get
+from lenet_export.checkpoint import load_checkpoint
+from lenet_export.data import load_split, normalize
+from lenet_export.metadata import read_pte_metadata, read_tflite_metadata
+from lenet_export.parity import Tolerance
+from lenet_export.verify import VerifyOptions, verify
+
+BACKENDS = {"executorch-cpu": "executorch", "litert-cpu": "ai_edge_litert"}
+
+
+def needs(backend):
+    package = BACKENDS[backend]
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed ({get(backend).install})")
+
+
+@pytest.fixture(scope="module")
+def fmnist(runs, exports, fmnist_dir):
+    """(export folder, checkpoint, the first 1,025 normalised test images)."""
+    ckpt = load_checkpoint(runs("fashion-mnist") / "best.pth")
+    test = load_split("fashion-mnist", train=False, data_dir=str(fmnist_dir))
+    x = normalize(test.images[:1025], ckpt["mean"], ckpt["std"]).numpy()
+    return exports("fashion-mnist"), ckpt, x
+
+
+def _open(backend, folder, ckpt):
+    meta = json.loads((folder / "metadata.json").read_text())
+    return get(backend).open(Context(folder, meta, ckpt))
+
+
+@pytest.mark.parametrize("backend,sizes,too_big", [("executorch-cpu", (1, 7, 1024), 1025), ("litert-cpu", (1,), 2)])
+def test_batch_range_edges(backend, sizes, too_big, fmnist):
+    needs(backend)
+    folder, ckpt, x = fmnist
+    ref = _open("torch-cpu", folder, ckpt)
+    runner = _open(backend, folder, ckpt)
+    lo, hi = runner.batch_range
+    assert (lo, hi) == (1, sizes[-1])
+    assert json.loads((folder / "metadata.json").read_text())[get(backend).artefact]["batch_range"] == [lo, hi]
+    tol = Tolerance()
+    for n in sizes:  # the smallest, an odd one and the largest batch give eager torch's logits
+        out, want = runner.run(x[:n])[0], ref.run(x[:n])[0]
+        assert out.shape == (n, 10) and tol.allows(want, out).all(), (n, np.abs(out - want).max())
+    for n in (too_big, 0):
+        with pytest.raises(BatchRangeError, match=f"batch of {n} refused: the artefact was exported for"):
+            runner.run(x[:n])
+
+
+def test_batch_range_error_in_verify_is_one_line(fmnist, fmnist_dir, runs, monkeypatch):
+    """A runner whose range excludes what verify asks for fails its backend with the reason, no traceback."""
+    needs("litert-cpu")
+    import lenet_export.verify as V
+
+    folder, _, _ = fmnist
+    monkeypatch.setattr(V, "batch_plan", lambda r: (7, ()))  # as if verify ignored the artefact's fixed batch
+    rep = verify(VerifyOptions(exported=folder, checkpoint=runs("fashion-mnist") / "best.pth",
+                               data_dir=str(fmnist_dir), backends=("litert-cpu",)), log=lambda _: None)
+    e = rep.backends["litert-cpu"]
+    assert e.status == "failed" and not rep.passed
+    assert e.failures == ["cannot run model.tflite: batch of 7 refused: the artefact was exported for a fixed batch of 1"]
+
+
+def test_metadata_inside_each_artefact(fmnist):
+    needs("executorch-cpu")
+    needs("litert-cpu")
+    folder, ckpt, _ = fmnist
+    meta = json.loads((folder / "metadata.json").read_text())
+    for read, name, batch_range in ((read_pte_metadata, "model.pte", [1, 1024]),
+                                    (read_tflite_metadata, "model.tflite", [1, 1])):
+        inside = read(folder / name)
+        assert inside["classes"] == ckpt["classes"] and inside["checkpoint_sha256"] == meta["checkpoint_sha256"]
+        assert inside["batch_range"] == batch_range == meta[name]["batch_range"]
+    assert meta["model.pte"]["delegate"] == "XnnpackBackend" and meta["model.pte"]["delegated_ops"] > 0
+
+
+def test_wrong_tflite_metadata_fails_verify(fmnist, fmnist_dir, runs, tmp_path):
+    needs("litert-cpu")
+    from lenet_export.formats.litert import with_metadata
+
+    folder, _, _ = fmnist
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    inside = read_tflite_metadata(bad / "model.tflite")
+    wrong = [*inside["classes"][1:], inside["classes"][0]]  # the class list rotated: every label wrong
+    (bad / "model.tflite").write_bytes(with_metadata((bad / "model.tflite").read_bytes(), {**inside, "classes": wrong}))
+    rep = verify(VerifyOptions(exported=bad, checkpoint=runs("fashion-mnist") / "best.pth", data_dir=str(fmnist_dir),
+                               backends=("torch-cpu", "litert-cpu")), log=lambda _: None)
+    assert rep.backends["litert-cpu"].status == "passed"  # the logits are still right ...
+    assert not rep.passed and not rep.metadata.passed  # ... but an app would mislabel every image
+    assert any(f.startswith("model.tflite:lenet_export: classes is") for f in rep.metadata.failures), rep.metadata.failures
+
+
+def test_truncated_pte_fails_in_one_line(fmnist, fmnist_dir, runs, tmp_path):
+    needs("executorch-cpu")
+    folder, _, _ = fmnist
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    data = (bad / "model.pte").read_bytes()
+    (bad / "model.pte").write_bytes(data[: len(data) // 2])
+    r = run_cli("verify", "--exported", bad, "--checkpoint", runs("fashion-mnist") / "best.pth",
+                "--data-dir", fmnist_dir, "--backends", "torch-cpu,executorch-cpu")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "executorch-cpu: cannot load model.pte:" in r.output
+    assert "model.pte:metadata(): cannot read its metadata" in r.output
+
+
+def test_missing_runtime_skips_with_install_command(fmnist, fmnist_dir, runs, monkeypatch):
+    folder, _, _ = fmnist
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: None if n in BACKENDS.values() else real(n, *a))
+    rep = verify(VerifyOptions(exported=folder, checkpoint=runs("fashion-mnist") / "best.pth",
+                               data_dir=str(fmnist_dir), backends=("torch-cpu", *BACKENDS)), log=lambda _: None)
+    assert rep.passed  # skipped, with the reason, never passed
+    for b, package in BACKENDS.items():
+        e = rep.backends[b]
+        assert e.status == "skipped" and e.reason.startswith(f"{package} is not installed (pip install"), e.reason
+
+
+def test_litert_runs_without_torch(fmnist, tmp_path):
+    """The litert-cpu backend and the .tflite metadata reader in a process where torch cannot be imported."""
+    needs("litert-cpu")
+    folder, _, x = fmnist
+    np.save(tmp_path / "x.npy", x[:16])
+    code = f"""
+import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None
+import json, numpy as np
+from pathlib import Path
+from lenet_export.backends import Context, get
+from lenet_export.metadata import read_tflite_metadata
+folder, tmp = Path({str(folder)!r}), Path({str(tmp_path)!r})
+runner = get('litert-cpu').open(Context(folder, json.loads((folder / 'metadata.json').read_text()), {{}}))
+x = np.load(tmp / 'x.npy')
+logits = np.concatenate([runner.run(x[i:i + 1])[0] for i in range(len(x))])
+np.save(tmp / 'y.npy', logits)
+print(read_tflite_metadata(folder / 'model.tflite')['classes'][0], runner.runtime['ai_edge_litert'])
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == "T-shirt/top"
+    ref = _open("torch-cpu", folder, fmnist[1]).run(x[:16])[0]
+    assert Tolerance().allows(ref, np.load(tmp_path / "y.npy")).all()
+
+
+def test_verify_cli_says_fixed_batch(fmnist, fmnist_dir, runs):
+    needs("litert-cpu")
+    folder, _, _ = fmnist
+    r = run_cli("verify", "--exported", folder, "--checkpoint", runs("fashion-mnist") / "best.pth",
+                "--data-dir", fmnist_dir, "--backends", "torch-cpu,litert-cpu")
+    assert r.exit_code == 0, r.output
+    assert "fixed batch 1" in r.stdout and "batch_range [1, 1]" in r.stdout
