@@ -124,8 +124,8 @@ def test_missing_runtime_skips_with_install_command(fmnist, fmnist_dir, runs, mo
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda n, *a: None if n in BACKENDS.values() else real(n, *a))
     rep = verify(VerifyOptions(exported=folder, checkpoint=runs("fashion-mnist") / "best.pth",
-                               data_dir=str(fmnist_dir), backends=("torch-cpu", *BACKENDS)), log=lambda _: None)
-    assert rep.passed  # skipped, with the reason, never passed
+                               data_dir=str(fmnist_dir), backends=("torch-cpu", "ort-cpu", *BACKENDS)), log=lambda _: None)
+    assert rep.passed and rep.backends["ort-cpu"].status == "passed"  # the two skipped, with the reason, not passed
     for b, package in BACKENDS.items():
         e = rep.backends[b]
         assert e.status == "skipped" and e.reason.startswith(f"{package} is not installed (pip install"), e.reason
