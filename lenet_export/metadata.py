@@ -144,9 +144,10 @@ def read_tflite_metadata(path: Path) -> dict:
 
 def read_pte_metadata(path: Path) -> dict:
     """What the constant method ``metadata`` of a .pte program returns, by ExecuTorch's runtime."""
-    from executorch.runtime import Runtime
+    from .native import captured_stderr, executorch_imports
 
-    from .native import captured_stderr
+    with executorch_imports():
+        from executorch.runtime import Runtime
 
     with captured_stderr():
         program = Runtime.get().load_program(Path(path))

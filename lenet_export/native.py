@@ -1,16 +1,17 @@
 """Native runtimes' own logging. ExecuTorch (ET_LOG), TFLite/LiteRT and absl write to file descriptor 2
 directly, past Python's ``sys.stderr``: a CPU-probe line or "Created TensorFlow Lite XNNPACK delegate" on
-every load. ``captured_stderr`` holds that output back while they load, and shows it only when the block
-fails, where it may say why."""
+every load. ``captured_stderr`` holds that output back while they load; when the block fails, the end of it is
+added to the exception as a note (shown in a traceback for library users; the CLI keeps its one-line error)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
 from contextlib import contextmanager
 
-SHOWN_ON_FAILURE = 4000  # characters of the captured output replayed when the block raises
+KEPT_ON_FAILURE = 4000  # characters of the captured output attached to the exception
 
 
 @contextmanager
@@ -21,15 +22,31 @@ def captured_stderr():
     except OSError:  # no file descriptor 2 (a daemon): nothing to capture
         yield
         return
-    with tempfile.TemporaryFile() as f:
-        os.dup2(f.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            f.seek(0)
-            sys.stderr.write(f.read().decode(errors="replace")[-SHOWN_ON_FAILURE:])
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    try:
+        with tempfile.TemporaryFile() as f:
+            os.dup2(f.fileno(), 2)
+            try:
+                yield
+            except Exception as e:
+                f.seek(0)
+                log = f.read().decode(errors="replace").strip()
+                if log and hasattr(e, "add_note"):  # Python 3.11+
+                    e.add_note(f"native log:\n{log[-KEPT_ON_FAILURE:]}")
+                raise
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
+@contextmanager
+def executorch_imports():
+    """ExecuTorch's imports load torchao, which registers an enum with torch's pytree; torch 2.14 answers with a
+    deprecation warning through its logger on every process. Not ours to fix, not the user's to read."""
+    log = logging.getLogger("torch.utils._pytree")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

@@ -51,7 +51,10 @@ def open_session(path: str | Path, device: str = "cpu", *, providers: list | Non
     if CUDA in [p[0] if isinstance(p, tuple) else p for p in providers] and hasattr(ort, "preload_dlls"):
         # onnxruntime-gpu >= 1.21 finds CUDA and cuDNN in the nvidia-* wheels (which torch installs) only
         # when asked to; a library still missing shows as a CPU fallback, which the CUDA backends fail.
-        ort.preload_dlls()
+        try:
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001 - best effort by design: the session's providers tell what ran
+            pass
     try:
         return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for unreadable or invalid models

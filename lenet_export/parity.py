@@ -136,10 +136,11 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def batch_invariance(outs: dict[int, np.ndarray], full: np.ndarray, full_batch: int, tol: Tolerance) -> BatchInvariance:
+def batch_invariance(outs: dict[int, np.ndarray] | None, full: np.ndarray, full_batch: int,
+                     tol: Tolerance) -> BatchInvariance:
     """``outs[b]``: the first samples run at batch size ``b``; ``full``: the same samples from the full pass.
-    No ``outs`` (a fixed-batch artefact) is reported as such, not as a pass over compared batch sizes."""
-    if not outs:
+    ``outs`` None: a fixed-batch artefact, reported as such rather than as a pass over compared batch sizes."""
+    if outs is None:
         return BatchInvariance([full_batch], 0, 0.0, True, fixed_batch=full_batch)
     worst, ok = 0.0, True
     for out in outs.values():

@@ -63,7 +63,8 @@ def model_card(folder: Path, rep: "Report") -> str:
     skipped = {k: v.reason for k, v in rep.backends.items() if v.status == "skipped"}
     rows = "\n".join(
         f"| {k} | {v.status} | {v.accuracy:.4f} | {v.logits.max_abs:.1e} | {v.argmax_agree}/{rep.samples} "
-        f"| {v.batch_invariance.summary} | {v.timing.latency_ms_batch1['median']:.3f} | {v.timing.throughput_img_s:,.0f} |"
+        f"| {v.batch_invariance.summary} | {v.timing.latency_ms_batch1['median']:.3f} "
+        f"| {v.timing.throughput_img_s:,.0f} (b{v.timing.throughput_batch}) |"
         for k, v in ran.items())
     skipped_txt = "\n".join(f"- {k}: skipped ({r})" for k, r in skipped.items()) or "- none"
     return f"""# {meta['model_name']} on {meta['dataset']}
@@ -84,7 +85,7 @@ Classes: {', '.join(meta['classes'])}.
 | training time | {metrics['train_seconds']:.0f} s on the machine that built it (2 CPU cores) |
 
 ## Parity (`lenet-export verify`, whole test set, tolerance atol {rep.tolerance.atol:g} rtol {rep.tolerance.rtol:g})
-| backend | status | accuracy | max abs logit diff | argmax agree | batch 1/2/7/{EVAL_BATCH} max diff | latency b1 (ms) | img/s (b{EVAL_BATCH}) |
+| backend | status | accuracy | max abs logit diff | argmax agree | batch 1/2/7/{EVAL_BATCH} max diff | latency b1 (ms) | img/s (batch) |
 |---|---|---|---|---|---|---|---|
 {rows}
 

@@ -90,14 +90,13 @@ def measure_timing(r: Runner, x: np.ndarray, batch_times: list[tuple[int, float]
     return Timing(latency_batch1(r, x), float(steady[0][0] / np.median([s for _, s in steady])), steady[0][0])
 
 
-def batch_plan(r: Runner) -> tuple[int, tuple[int, ...]]:
-    """(batch of the full pass, batch sizes of the invariance check) within what the artefact takes. A fixed
-    batch has no other size to compare with: no sizes, and the check says so (``parity.batch_invariance``)."""
-    if r.batch_range is None:
-        return EVAL_BATCH, BATCH_INVARIANCE_SIZES
-    lo, hi = r.batch_range
-    full = max(lo, min(EVAL_BATCH, hi))
-    return full, tuple(s for s in BATCH_INVARIANCE_SIZES if lo <= s <= hi and lo < hi)
+def batch_plan(r: Runner) -> tuple[int, tuple[int, ...] | None]:
+    """(batch of the full pass, batch sizes of the invariance check) within what the artefact takes (ranges
+    start at 1: ``Runner``). A fixed batch has no other size to compare with: ``None``, and the check says so."""
+    hi = EVAL_BATCH if r.batch_range is None else r.batch_range[1]
+    if hi == 1:
+        return 1, None
+    return min(EVAL_BATCH, hi), tuple(s for s in BATCH_INVARIANCE_SIZES if s <= hi)
 
 
 COMPANIONS = {"model.xml": ("model.bin",), "model.int8.xml": ("model.int8.bin",)}  # files a runtime loads together with its artefact
@@ -142,7 +141,7 @@ def evaluate(b: Backend, ctx: Context, inputs: Inputs, ref: np.ndarray | None, t
         outs = run_batched(runner, x, full, batch_times)
         res.seconds_full_pass = round(time.perf_counter() - t, 3)
         k = min(BATCH_INVARIANCE_SAMPLES, len(x))
-        by_batch = {s: run_batched(runner, x[:k], s)[0] for s in sizes}
+        by_batch = None if sizes is None else {s: run_batched(runner, x[:k], s)[0] for s in sizes}
         timing = measure_timing(runner, x, batch_times) if measure else None
     except Exception as e:  # as above: the runtime's own error types, reported in one line
         return res.fail(f"cannot run {b.artefact or 'the checkpoint'}: {first_line(e)}"), None

@@ -20,12 +20,14 @@ from lenet_export.parity import Tolerance
 from lenet_export.verify import VerifyOptions, verify
 
 BACKENDS = {"executorch-cpu": "executorch", "litert-cpu": "ai_edge_litert"}
+WRITERS = {"executorch-cpu": "executorch", "litert-cpu": "litert_torch"}  # what the session export needed
 
 
 def needs(backend):
-    package = BACKENDS[backend]
-    if importlib.util.find_spec(package) is None:
-        pytest.skip(f"{package} is not installed ({get(backend).install})")
+    """Skip, with the install command, unless the runtime is here and the session export could write the file."""
+    for package in {BACKENDS[backend], WRITERS[backend]}:
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed ({get(backend).install})")
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +74,10 @@ def test_batch_range_error_in_verify_is_one_line(fmnist, fmnist_dir, runs, monke
     e = rep.backends["litert-cpu"]
     assert e.status == "failed" and not rep.passed
     assert e.failures == ["cannot run model.tflite: batch of 7 refused: the artefact was exported for a fixed batch of 1"]
+    r = run_cli("verify", "--exported", folder, "--checkpoint", runs("fashion-mnist") / "best.pth",
+                "--data-dir", fmnist_dir, "--backends", "torch-cpu,litert-cpu")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "litert-cpu: cannot run model.tflite: batch of 7 refused" in " ".join(r.output.split())
 
 
 def test_metadata_inside_each_artefact(fmnist):
@@ -129,6 +135,9 @@ def test_missing_runtime_skips_with_install_command(fmnist, fmnist_dir, runs, mo
     for b, package in BACKENDS.items():
         e = rep.backends[b]
         assert e.status == "skipped" and e.reason.startswith(f"{package} is not installed (pip install"), e.reason
+    # their metadata copies cannot be read without the runtime: left out of the check, not reported as agreeing
+    assert "model.xml:rt_info" in rep.metadata.files or importlib.util.find_spec("openvino") is None
+    assert not any(f.startswith(("model.pte", "model.tflite")) for f in rep.metadata.files), rep.metadata.files
 
 
 def test_litert_runs_without_torch(fmnist, tmp_path):
@@ -156,10 +165,14 @@ print(read_tflite_metadata(folder / 'model.tflite')['classes'][0], runner.runtim
     assert Tolerance().allows(ref, np.load(tmp_path / "y.npy")).all()
 
 
-def test_verify_cli_says_fixed_batch(fmnist, fmnist_dir, runs):
+def test_verify_cli_says_fixed_batch(fmnist, fmnist_dir, runs, tmp_path):
     needs("litert-cpu")
     folder, _, _ = fmnist
     r = run_cli("verify", "--exported", folder, "--checkpoint", runs("fashion-mnist") / "best.pth",
-                "--data-dir", fmnist_dir, "--backends", "torch-cpu,litert-cpu")
+                "--data-dir", fmnist_dir, "--backends", "torch-cpu,litert-cpu", "--report", tmp_path / "r.json")
     assert r.exit_code == 0, r.output
-    assert "fixed batch 1" in r.stdout and "batch_range [1, 1]" in r.stdout
+    assert "fixed batch 1" in r.stdout
+    e = json.loads((tmp_path / "r.json").read_text())["backends"]["litert-cpu"]
+    assert e["batch_invariance"] == {"batch_sizes": [1], "samples": 0, "max_abs_diff": 0.0, "passed": True,
+                                     "fixed_batch": 1}
+    assert e["runtime"]["batch_range"] == [1, 1] and e["throughput_batch"] == 1

@@ -22,8 +22,12 @@ def _open(ctx: Context) -> Runner:
     import json
 
     import torch
-    from executorch.runtime import Runtime
-    from executorch.version import __version__
+
+    from ..native import executorch_imports
+
+    with executorch_imports():
+        from executorch.runtime import Runtime
+        from executorch.version import __version__
 
     with captured_stderr():  # the runtime's CPU probe logs a few lines when it starts
         runtime = Runtime.get()
@@ -31,6 +35,9 @@ def _open(ctx: Context) -> Runner:
             raise RuntimeError(f"this ExecuTorch build has no {DELEGATE} (registered: "
                                f"{', '.join(runtime.backend_registry.registered_backend_names)})")
         program = runtime.load_program(ctx.artefact("model.pte"))
+        missing = {"forward", PTE_METADATA_METHOD} - set(program.method_names)
+        if missing:
+            raise ValueError(f"the program has no method {sorted(missing)[0]!r} (not written by lenet-export?)")
         forward = program.load_method("forward")
         meta = json.loads(program.load_method(PTE_METADATA_METHOD).execute([])[0])
     planned = forward.metadata.input_tensor_meta(0).sizes()[0]  # memory is planned for the largest batch

@@ -21,7 +21,7 @@ def _open(ctx: Context) -> Runner:
     import ai_edge_litert
     from ai_edge_litert.interpreter import Interpreter
 
-    threads = os.cpu_count() or 1
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     with captured_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
         interpreter = Interpreter(model_path=str(ctx.artefact("model.tflite")), num_threads=threads)
         interpreter.allocate_tensors()

@@ -23,17 +23,15 @@ METADATA_METHOD = "metadata"
 
 
 def _write(t: Target) -> dict:
-    import logging
-
     import torch
 
-    # torchao (imported by ExecuTorch's XNNPACK partitioner) registers an enum with torch's pytree, which
-    # torch 2.14 answers with a deprecation warning on every export: not ours to fix, not the user's to read.
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.devtools.backend_debug import get_delegation_info
-    from executorch.exir import to_edge_transform_and_lower
-    from executorch.version import __version__
+    from ..native import executorch_imports
+
+    with executorch_imports():
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.devtools.backend_debug import get_delegation_info
+        from executorch.exir import to_edge_transform_and_lower
+        from executorch.version import __version__
 
     sample = torch.zeros(EXAMPLE_BATCH, *t.sample.shape[1:])
     batch = torch.export.Dim("batch", min=BATCH_RANGE[0], max=BATCH_RANGE[1])

@@ -45,12 +45,14 @@ def with_metadata(model_bytes: bytes, metadata: dict) -> bytes:
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name, entry.buffer = TFLITE_METADATA_KEY, len(model.buffers) - 1
-    model.metadata = [m for m in model.metadata or [] if m.name != TFLITE_METADATA_KEY.encode()] + [entry]
+    data = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
+    entry = next((m for m in model.metadata or [] if m.name == TFLITE_METADATA_KEY.encode()), None)
+    if entry is None:  # a new entry and buffer; a rewrite replaces the entry's buffer in place
+        model.buffers.append(schema.BufferT())
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = TFLITE_METADATA_KEY, len(model.buffers) - 1
+        model.metadata = [*(model.metadata or []), entry]
+    model.buffers[entry.buffer].data = data
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
