@@ -44,7 +44,7 @@ def _open(ctx: Context) -> Runner:
     lo = int(meta.get("batch_range", [1])[0])
 
     def run(x: np.ndarray) -> list[np.ndarray]:
-        return [np.array(o) for o in forward.execute([torch.from_numpy(x)])]
+        return [o.numpy().copy() for o in forward.execute([torch.from_numpy(x)])]  # outputs live in planned memory
 
     recorded = (ctx.metadata.get("model.pte") or {})
     info = {"executorch": __version__, "delegate": DELEGATE, "batch_range": [lo, int(planned)],
