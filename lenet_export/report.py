@@ -111,7 +111,7 @@ class Report:
                 v = {n: b.to_dict() for n, b in v.items()}
             elif f.name == "metadata":
                 v = {"passed": v.passed, "files": v.files, "errors": v.errors,
-                     "mismatches": [dataclasses.asdict(m) for m in v.mismatches]}
+                     "mismatches": [dataclasses.asdict(m) for m in v.mismatches], "unchecked": v.unchecked}
             elif dataclasses.is_dataclass(v):
                 v = dataclasses.asdict(v)
             d[f.name] = v

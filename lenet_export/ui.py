@@ -116,6 +116,8 @@ def print_report(rep: "Report", path=None) -> None:
         console.print(f"metadata: {len(md.files)} copies agree with the checkpoint ({', '.join(md.files)})")
     for f in md.failures:
         console.print(f"[bold red]FAIL[/] metadata: {escape(f)}")
+    for name, why in md.unchecked.items():
+        console.print(f"[yellow]not checked[/] metadata copy {name}: {escape(why)}")
     pw = rep.pairwise
     if pw and pw.flips:
         _print_flips(rep)

@@ -238,7 +238,7 @@ def verify(opts: VerifyOptions, log=print) -> Report:
                  exported=str(exported), checkpoint=str(ckpt_path), checkpoint_sha256=sha, tolerance=opts.tolerance,
                  reference=REFERENCE, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                  lenet_export_version=__version__)
-    rep.metadata = check_metadata(exported, ckpt, sha, meta)
+    rep.metadata = check_metadata(exported, ckpt, sha, meta, backends=[b.name for b in chosen])
     outputs: dict[str, np.ndarray] = {}
     for b in chosen:
         res, logits = evaluate(b, ctx, inputs, outputs.get(REFERENCE), opts.tolerance, require_cuda=opts.require_cuda)

@@ -138,6 +138,8 @@ def test_missing_runtime_skips_with_install_command(fmnist, fmnist_dir, runs, mo
     # their metadata copies cannot be read without the runtime: left out of the check, not reported as agreeing
     assert "model.xml:rt_info" in rep.metadata.files or importlib.util.find_spec("openvino") is None
     assert not any(f.startswith(("model.pte", "model.tflite")) for f in rep.metadata.files), rep.metadata.files
+    assert rep.metadata.unchecked == {"model.pte:metadata()": "executorch is not installed",
+                                      "model.tflite:lenet_export": "ai_edge_litert is not installed"}
 
 
 def test_litert_runs_without_torch(fmnist, tmp_path):
@@ -176,3 +178,17 @@ def test_verify_cli_says_fixed_batch(fmnist, fmnist_dir, runs, tmp_path):
     assert e["batch_invariance"] == {"batch_sizes": [1], "samples": 0, "max_abs_diff": 0.0, "passed": True,
                                      "fixed_batch": 1}
     assert e["runtime"]["batch_range"] == [1, 1] and e["throughput_batch"] == 1
+
+
+def test_pte_metadata_is_read_when_its_runtime_runs(fmnist, fmnist_dir, runs):
+    """ExecuTorch's Python runtime costs seconds to import: without executorch-cpu the .pte copy is listed as
+    not checked (with the reason), never counted as agreeing."""
+    needs("executorch-cpu")
+    folder, _, _ = fmnist
+    opts = dict(exported=folder, checkpoint=runs("fashion-mnist") / "best.pth", data_dir=str(fmnist_dir))
+    without = verify(VerifyOptions(**opts, backends=("torch-cpu", "ort-cpu")), log=lambda _: None)
+    assert "model.pte:metadata()" not in without.metadata.files
+    assert without.metadata.unchecked == {"model.pte:metadata()": "read by executorch-cpu's runtime, which was not requested"}
+    assert "model.tflite:lenet_export" in without.metadata.files  # cheap to read: always checked
+    with_it = verify(VerifyOptions(**opts, backends=("torch-cpu", "executorch-cpu")), log=lambda _: None)
+    assert "model.pte:metadata()" in with_it.metadata.files and not with_it.metadata.unchecked
