@@ -141,7 +141,8 @@ def write_openvino_int8(exported: Path, x: np.ndarray, calibration: dict, meta: 
 
     model = ov.Core().read_model(str(exported / "model.xml"))
     batches = [x[i:i + 50] for i in range(0, len(x), 50)]
-    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(x))
+    # subset_size counts the dataset's items, here batches: all of them, i.e. every calibration image
+    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
     for k, v in metadata_props({**meta, "precision": "int8", "calibration": {**calibration, "tool": "nncf"}}).items():
         quantized.set_rt_info(v, [RT_INFO_KEY, k])
     tmp = Path(tempfile.mkdtemp(prefix=".int8.", suffix=".tmp", dir=exported))
