@@ -192,3 +192,20 @@ def test_pte_metadata_is_read_when_its_runtime_runs(fmnist, fmnist_dir, runs):
     assert "model.tflite:lenet_export" in without.metadata.files  # cheap to read: always checked
     with_it = verify(VerifyOptions(**opts, backends=("torch-cpu", "executorch-cpu")), log=lambda _: None)
     assert "model.pte:metadata()" in with_it.metadata.files and not with_it.metadata.unchecked
+
+
+def test_onnx_formats_option_writes_the_mobile_artefacts(runs, fmnist_dir, tmp_path, monkeypatch):
+    needs("executorch-cpu")
+    needs("litert-cpu")
+    ck, out = runs("fashion-mnist") / "best.pth", tmp_path / "e"
+    r = run_cli("onnx", "--checkpoint", ck, "--out", out, "--data-dir", fmnist_dir, "--formats", "executorch,litert")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.glob("model.*")) == ["model.onnx", "model.pte", "model.raw.onnx", "model.tflite"]
+    assert "check executorch-cpu" in r.stdout and "check litert-cpu" in r.stdout
+    assert "skipped format openvino: not requested (--formats)" in r.stdout
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "litert_torch" else real(n, *a))
+    r = run_cli("onnx", "--checkpoint", ck, "--out", tmp_path / "f", "--data-dir", fmnist_dir, "--formats", "litert")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.strip() == ("error: cannot write format litert: litert_torch is not installed "
+                                "(pip install 'lenet-export[litert]')")
