@@ -209,3 +209,60 @@ def test_onnx_formats_option_writes_the_mobile_artefacts(runs, fmnist_dir, tmp_p
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert r.stderr.strip() == ("error: cannot write format litert: litert_torch is not installed "
                                 "(pip install 'lenet-export[litert]')")
+
+
+# ---------------------------------------------------------------------------------------------
+# The pieces, without artefacts
+
+
+def test_runner_batch_range_rules():
+    from lenet_export.backends import Runner
+    from lenet_export.parity import batch_invariance
+    from lenet_export.verify import EVAL_BATCH, batch_plan
+
+    echo = lambda x: [x]  # noqa: E731
+    x = np.zeros((9, 1), np.float32)
+    assert batch_plan(Runner(echo, {})) == (EVAL_BATCH, (1, 2, 7))
+    assert batch_plan(Runner(echo, {}, batch_range=(1, 5))) == (5, (1, 2))
+    assert batch_plan(Runner(echo, {}, batch_range=(1, 1))) == (1, None)
+    ranged = Runner(echo, {}, batch_range=(1, 8))
+    assert ranged.run(x[:8])[0].shape == (8, 1)
+    with pytest.raises(BatchRangeError, match="batch of 9 refused: the artefact was exported for batches of 1 to 8"):
+        ranged.run(x)
+    with pytest.raises(ValueError, match="runs artefacts that take batch 1 to N"):
+        Runner(echo, {}, batch_range=(2, 8))  # verify's batch-1 latency could not run it
+    fixed = batch_invariance(None, x, 1, Tolerance())
+    assert (fixed.fixed_batch, fixed.samples, fixed.passed, fixed.summary) == (1, 0, True, "fixed batch 1")
+    assert batch_invariance({1: x[:3]}, x, 4, Tolerance()).summary == "0.0e+00"
+
+
+def test_native_stderr_is_held_back_and_kept_on_failure(capfd):
+    import os
+
+    from lenet_export.native import captured_stderr
+
+    with captured_stderr():
+        os.write(2, b"[cpuinfo_utils.cpp:71] chatter\n")
+    assert "chatter" not in capfd.readouterr().err
+    with pytest.raises(RuntimeError) as e:
+        with captured_stderr():
+            os.write(2, b"E0000 converter: unsupported op\n")
+            raise RuntimeError("conversion failed")
+    assert "unsupported op" not in capfd.readouterr().err  # the CLI prints one line ...
+    if sys.version_info >= (3, 11):
+        assert any("unsupported op" in n for n in e.value.__notes__)  # ... a traceback shows the log
+
+
+def test_tflite_metadata_rewrite_replaces_the_entry(fmnist, tmp_path):
+    needs("litert-cpu")
+    from lenet_export.formats.litert import with_metadata
+
+    folder, _, _ = fmnist
+    data = (folder / "model.tflite").read_bytes()
+    once = with_metadata(data, {"classes": ["a"]})
+    twice = with_metadata(once, {"classes": ["b"]})
+    assert len(once) < len(data)  # the export's entry (the whole metadata) was replaced, not added to
+    assert len(twice) == len(once)  # same-size JSON: no orphaned buffer left behind
+    tmp = tmp_path / "rewritten.tflite"
+    tmp.write_bytes(twice)
+    assert read_tflite_metadata(tmp) == {"classes": ["b"]}
