@@ -1,4 +1,5 @@
-"""Checkpoint -> deployable artefacts: ONNX (normalised and raw-uint8 input), TorchScript, golden data.
+"""Checkpoint -> deployable artefacts: ONNX (normalised and raw-uint8 input), golden data, and every other
+format in ``lenet_export.formats`` (TorchScript, .pt2, OpenVINO IR, ExecuTorch .pte, LiteRT .tflite).
 
 Everything is written into a temporary sibling folder, checked against eager PyTorch on real test
 images, and only then renamed into place, so a failed export never destroys a good one.
@@ -9,6 +10,7 @@ Artefacts in the output folder:
 * ``model.raw.onnx``   uint8 ``images`` as decoders give them (N x H x W grey, N x H x W x C colour),
                        normalisation in the graph -> ``logits``, ``probabilities``
 * ``model.pt``         TorchScript (scripted, or traced when scripting fails; recorded in the metadata)
+* ``model.pt2``, ``model.xml``/``.bin``, ``model.pte``, ``model.tflite``: see their modules in ``formats/``
 * ``test_data_set_0/`` golden ``input_0.pb`` / ``output_0.pb`` for ``model.onnx`` (ONNX test-data layout)
 * ``raw_test_data_set_0/`` golden ``input_0.pb`` / ``output_0.pb`` / ``output_1.pb`` for ``model.raw.onnx``
 * ``metadata.json``    the metadata also stored in the ONNX ``metadata_props`` and TorchScript extra files
