@@ -143,18 +143,29 @@ def read_tflite_metadata(path: Path) -> dict:
     raise ValueError(f"no {TFLITE_METADATA_KEY!r} entry in its metadata table")
 
 
-def read_pte_metadata(path: Path) -> dict:
-    """What the constant method ``metadata`` of a .pte program returns, by ExecuTorch's runtime."""
+def load_pte(path: Path, delegate: str | None = None):
+    """(ExecuTorch ``Program``, its metadata) by ExecuTorch's runtime: the one place that opens a .pte, for the
+    metadata check and the ``executorch-cpu`` backend. ``delegate``: a backend the runtime must have."""
     from .native import captured_stderr, executorch_imports
 
     with executorch_imports():
         from executorch.runtime import Runtime
 
-    with captured_stderr():
-        program = Runtime.get().load_program(Path(path))
-        if PTE_METADATA_METHOD not in program.method_names:
-            raise ValueError(f"the program has no method {PTE_METADATA_METHOD!r}")
-        return json.loads(program.load_method(PTE_METADATA_METHOD).execute([])[0])
+    with captured_stderr():  # the runtime's CPU probe logs a few lines when it starts
+        runtime = Runtime.get()
+        if delegate and not runtime.backend_registry.is_available(delegate):
+            raise RuntimeError(f"this ExecuTorch build has no {delegate} (registered: "
+                               f"{', '.join(runtime.backend_registry.registered_backend_names)})")
+        program = runtime.load_program(Path(path))
+        missing = {"forward", PTE_METADATA_METHOD} - set(program.method_names)
+        if missing:
+            raise ValueError(f"the program has no method {sorted(missing)[0]!r} (not written by lenet-export?)")
+        return program, json.loads(program.load_method(PTE_METADATA_METHOD).execute([])[0])
+
+
+def read_pte_metadata(path: Path) -> dict:
+    """What the constant method ``metadata`` of a .pte program returns."""
+    return load_pte(path)[1]
 
 
 def copies(meta: dict) -> list[tuple[str, str, object, bool]]:

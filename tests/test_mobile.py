@@ -110,6 +110,32 @@ def test_wrong_tflite_metadata_fails_verify(fmnist, fmnist_dir, runs, tmp_path):
     assert any(f.startswith("model.tflite:lenet_export: classes is") for f in rep.metadata.failures), rep.metadata.failures
 
 
+@pytest.mark.parametrize("backend,fmt", [("executorch-cpu", "executorch"), ("litert-cpu", "litert")])
+def test_perturbed_artefact_fails_parity(backend, fmt, fmnist, fmnist_dir, runs, tmp_path):
+    """The artefact written by the real writer from a model whose last bias moved by 0.5: the backend fails."""
+    needs(backend)
+    import torch
+
+    from lenet_export.checkpoint import model_from_checkpoint
+    from lenet_export.formats import Target, registry
+
+    folder, ckpt, _ = fmnist
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    model = model_from_checkpoint(ckpt).eval()
+    with torch.no_grad():
+        [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].bias[0] += 0.5
+    c, h, w = ckpt["input_shape"]
+    meta = json.loads((folder / "metadata.json").read_text())
+    registry()[fmt].write(Target(bad, model, None, torch.zeros(2, c, h, w), None, meta))
+    rep = verify(VerifyOptions(exported=bad, checkpoint=runs("fashion-mnist") / "best.pth", data_dir=str(fmnist_dir),
+                               backends=("torch-cpu", backend)), log=lambda _: None)
+    e = rep.backends[backend]
+    assert e.status == "failed" and not rep.passed and abs(e.logits.max_abs - 0.5) < 1e-3
+    assert any("logits differ" in f for f in e.failures), e.failures
+    assert rep.metadata.passed  # only the weights changed
+
+
 def test_truncated_pte_fails_in_one_line(fmnist, fmnist_dir, runs, tmp_path):
     needs("executorch-cpu")
     folder, _, _ = fmnist

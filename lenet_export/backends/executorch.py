@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..metadata import PTE_METADATA_METHOD
+from ..metadata import load_pte
 from ..native import captured_stderr
 from .base import Backend, Context, Runner, cpu_name
 
@@ -19,27 +19,12 @@ DELEGATE = "XnnpackBackend"
 
 
 def _open(ctx: Context) -> Runner:
-    import json
-
     import torch
 
-    from ..native import executorch_imports
-
-    with executorch_imports():
-        from executorch.runtime import Runtime
-        from executorch.version import __version__
-
-    with captured_stderr():  # the runtime's CPU probe logs a few lines when it starts
-        runtime = Runtime.get()
-        if not runtime.backend_registry.is_available(DELEGATE):
-            raise RuntimeError(f"this ExecuTorch build has no {DELEGATE} (registered: "
-                               f"{', '.join(runtime.backend_registry.registered_backend_names)})")
-        program = runtime.load_program(ctx.artefact("model.pte"))
-        missing = {"forward", PTE_METADATA_METHOD} - set(program.method_names)
-        if missing:
-            raise ValueError(f"the program has no method {sorted(missing)[0]!r} (not written by lenet-export?)")
+    program, meta = load_pte(ctx.artefact("model.pte"), delegate=DELEGATE)
+    from executorch.version import __version__  # after load_pte, whose imports quieten ExecuTorch's warning
+    with captured_stderr():
         forward = program.load_method("forward")
-        meta = json.loads(program.load_method(PTE_METADATA_METHOD).execute([])[0])
     planned = forward.metadata.input_tensor_meta(0).sizes()[0]  # memory is planned for the largest batch
     lo = int(meta.get("batch_range", [1])[0])
 

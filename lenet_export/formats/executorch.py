@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 
+from ..metadata import PTE_METADATA_METHOD
 from .base import Format, Target
 
 INSTALL = "pip install 'lenet-export[executorch]'"
 BATCH_RANGE = (1, 1024)
 EXAMPLE_BATCH = 32
-METADATA_METHOD = "metadata"
 
 
 def _write(t: Target) -> dict:
@@ -38,7 +38,7 @@ def _write(t: Target) -> dict:
     program = torch.export.export(t.model, (sample,), dynamic_shapes=({0: batch},))
     info = {"batch_range": list(BATCH_RANGE), "delegate": "XnnpackBackend", "executorch": __version__}
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
-                                       constant_methods={METADATA_METHOD: json.dumps({**t.metadata, **info})})
+                                       constant_methods={PTE_METADATA_METHOD: json.dumps({**t.metadata, **info})})
     # What XNNPACK does not take runs in ExecuTorch's portable kernels: here the flatten between the
     # convolutions and the linear layers (a view over the dynamic batch). Recorded, so the split is visible.
     ops = get_delegation_info(edge.exported_program().graph_module).get_operator_delegation_dataframe()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
+from unittest import mock
 
 import numpy as np
 
@@ -23,20 +23,6 @@ from .base import Format, Target
 
 INSTALL = "pip install 'lenet-export[litert]'"
 BATCH = 1
-
-
-@contextmanager
-def _no_progress():
-    """litert-torch prints a progress tree to stdout unless LITERT_TORCH_SHOW_PROGRESS says no."""
-    before = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
-    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
-        else:
-            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = before
 
 
 def with_metadata(model_bytes: bytes, metadata: dict) -> bytes:
@@ -60,7 +46,8 @@ def _write(t: Target) -> dict:
     import litert_torch
     import torch
 
-    with _no_progress(), captured_stderr():
+    # litert-torch prints a progress tree to stdout unless LITERT_TORCH_SHOW_PROGRESS says no
+    with mock.patch.dict(os.environ, {"LITERT_TORCH_SHOW_PROGRESS": "n"}), captured_stderr():
         converted = litert_torch.convert(t.model, (torch.zeros(BATCH, *t.sample.shape[1:]),)).model_content()
     info = {"batch_range": [BATCH, BATCH], "converter": f"litert-torch {litert_torch.__version__}"}
     (t.folder / "model.tflite").write_bytes(with_metadata(converted, {**t.metadata, **info}))
