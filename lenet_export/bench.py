@@ -73,8 +73,8 @@ def bench(exported: Path, checkpoint: Path | None, data_dir: str | None, backend
         if runner is not None:
             x = inputs.for_backend(b)[:EVAL_BATCH]
             row.latency_ms_batch1 = latency_batch1(runner, x)["median"]
-            lo, hi = runner.batch_range or (1, SWEEP[-1])
-            sizes = tuple(s for s in SWEEP if lo <= s <= hi) or (lo,)
+            hi = runner.batch_range[1] if runner.batch_range else SWEEP[-1]  # ranges start at 1 (Runner)
+            sizes = tuple(s for s in SWEEP if s <= hi)
             row.best_batch, row.throughput_img_s = sweep(lambda a: (runner.run(a), runner.sync()), x, sizes)
             log(f"{b.name:<16} latency {row.latency_ms_batch1:.3f} ms  best batch {row.best_batch}  "
                 f"{row.throughput_img_s:,.0f} img/s")

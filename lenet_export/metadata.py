@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import first_line
 
 METADATA_FILE = "metadata.json"
+OPENVINO_RT_INFO_KEY = "lenet_export"  # where an OpenVINO IR keeps the metadata in its rt_info
 TFLITE_METADATA_KEY = "lenet_export"  # the name of the entry in a .tflite file's metadata table
 PTE_METADATA_METHOD = "metadata"  # the constant method of a .pte program that returns the metadata as JSON
 CHECKED_FIELDS = ("classes", "mean", "std", "input_shape", "checkpoint_sha256")
@@ -123,11 +124,15 @@ def read_pt2_metadata(path: Path) -> dict:
 def read_openvino_metadata(path: Path) -> dict:
     import openvino as ov
 
-    model = ov.Core().read_model(str(path))
-    if not model.has_rt_info(["lenet_export"]):
+    return openvino_rt_info(ov.Core().read_model(str(path)))
+
+
+def openvino_rt_info(model) -> dict:
+    """The metadata in an OpenVINO model's ``rt_info`` (under ``lenet_export``)."""
+    if not model.has_rt_info([OPENVINO_RT_INFO_KEY]):
         return {}
-    keys = model.get_rt_info(["lenet_export"]).astype(dict)
-    return {k: parse_prop(model.get_rt_info(["lenet_export", k]).astype(str)) for k in keys}
+    keys = model.get_rt_info([OPENVINO_RT_INFO_KEY]).astype(dict)
+    return {k: parse_prop(model.get_rt_info([OPENVINO_RT_INFO_KEY, k]).astype(str)) for k in keys}
 
 
 def read_tflite_metadata(path: Path) -> dict:

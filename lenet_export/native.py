@@ -40,13 +40,19 @@ def captured_stderr():
 
 
 @contextmanager
-def executorch_imports():
-    """ExecuTorch's imports load torchao, which registers an enum with torch's pytree; torch 2.14 answers with a
-    deprecation warning through its logger on every process. Not ours to fix, not the user's to read."""
-    log = logging.getLogger("torch.utils._pytree")
+def quiet_logger(name: str):
+    """Python logger ``name`` shows errors only inside the block: warnings a library's import logs that are
+    neither ours to fix nor the user's to read."""
+    log = logging.getLogger(name)
     level = log.level
     log.setLevel(logging.ERROR)
     try:
         yield
     finally:
         log.setLevel(level)
+
+
+def executorch_imports():
+    """ExecuTorch's imports load torchao, which registers an enum with torch's pytree; torch 2.14 answers with a
+    deprecation warning through its logger in every process."""
+    return quiet_logger("torch.utils._pytree")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from .errors import ArtefactError, first_line
@@ -34,31 +35,44 @@ def providers_for(device: str) -> list:
     return [CPU]
 
 
-def open_session(path: str | Path, device: str = "cpu", *, providers: list | None = None, log_level: int = 3):
-    """An ``InferenceSession`` for ``path``; an unreadable or invalid model raises ``ArtefactError`` (one line).
+def open_session(path: str | Path | bytes, device: str = "cpu", *, providers: list | None = None, log_level: int = 3):
+    """An ``InferenceSession`` for ``path`` (or a serialised model); an unreadable or invalid model raises
+    ``ArtefactError`` (one line).
 
     ``log_level`` 3 (errors only): a CUDA provider that cannot start is detected through ``used_providers``,
     not by reading ORT's log; 4 silences that too (the embedding runtime reports ``.provider`` instead).
     """
     import onnxruntime as ort
 
-    path = Path(path)
-    if not path.is_file():
-        raise ArtefactError(f"{path} does not exist")
+    if isinstance(path, bytes):
+        model, name = path, "the model"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ArtefactError(f"{path} does not exist")
+        model, name = str(path), path.name
     opts = ort.SessionOptions()
     opts.log_severity_level = log_level
     providers = providers or providers_for(device)
-    if CUDA in [p[0] if isinstance(p, tuple) else p for p in providers] and hasattr(ort, "preload_dlls"):
-        # onnxruntime-gpu >= 1.21 finds CUDA and cuDNN in the nvidia-* wheels (which torch installs) only
-        # when asked to; a library still missing shows as a CPU fallback, which the CUDA backends fail.
-        try:
-            ort.preload_dlls()
-        except Exception:  # noqa: BLE001 - best effort by design: the session's providers tell what ran
-            pass
+    if CUDA in [p[0] if isinstance(p, tuple) else p for p in providers]:
+        _preload_cuda()
     try:
-        return ort.InferenceSession(str(path), opts, providers=providers)
+        return ort.InferenceSession(model, opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for unreadable or invalid models
-        raise ArtefactError(f"onnxruntime cannot load {path.name}: {first_line(e)}") from None
+        raise ArtefactError(f"onnxruntime cannot load {name}: {first_line(e)}") from None
+
+
+@functools.cache
+def _preload_cuda() -> None:
+    """onnxruntime-gpu >= 1.21 finds CUDA and cuDNN in the nvidia-* wheels (which torch installs) only when
+    asked to, once per process; a library still missing shows as a CPU fallback, which the CUDA backends fail."""
+    import onnxruntime as ort
+
+    try:
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
+    except Exception:  # noqa: BLE001 - best effort by design: the session's providers tell what ran
+        pass
 
 
 def used_providers(sess) -> list[str]:

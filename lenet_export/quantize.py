@@ -25,11 +25,12 @@ from typing import Iterator
 import numpy as np
 
 from .errors import ConfigError, ExportError, first_line
-from .metadata import METADATA_FILE, metadata_props, parse_prop
+from .metadata import METADATA_FILE, metadata_props, read_onnx_metadata
 
 VARIANTS = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 OPENVINO_INT8 = ("model.int8.xml", "model.int8.bin")  # with the openvino extra (NNCF)
 CALIBRATION_SPLIT = "train"  # the only split a variant may be calibrated on
+CALIBRATION_BATCH = 50  # images per calibration batch, for both quantisers
 
 
 @dataclass
@@ -41,6 +42,18 @@ class QuantizeOptions:
     seed: int = 0
     per_channel: bool = False
     calibration_split: str = CALIBRATION_SPLIT  # "test" exists only so the tests can show verify refusing it
+
+
+def check_calibration(calibration) -> None:
+    """A variant's recorded calibration (None: not recorded) must name the training split; the backends refuse
+    anything else, since the test split is what verify judges on."""
+    if isinstance(calibration, dict) and calibration.get("split") != CALIBRATION_SPLIT:
+        raise ValueError(f"calibrated on the {calibration.get('split')!r} split: refused (only the training "
+                         "split may be used; the test split is what verify judges on)")
+
+
+def calibration_batches(x: np.ndarray) -> list[np.ndarray]:
+    return [x[i:i + CALIBRATION_BATCH] for i in range(0, len(x), CALIBRATION_BATCH)]
 
 
 def calibration_images(ckpt: dict, opts: QuantizeOptions) -> tuple[np.ndarray, dict]:
@@ -90,7 +103,7 @@ def write_int8(src: Path, dst: Path, x: np.ndarray, calibration: dict, meta: dic
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{"input": x[i:i + 50]} for i in range(0, len(x), 50)])
+            self.batches = iter([{"input": b} for b in calibration_batches(x)])
 
         def get_next(self):
             return next(self.batches, None)
@@ -128,19 +141,19 @@ def _nncf_ready(exported: Path, meta: dict) -> bool:
 def write_openvino_int8(exported: Path, x: np.ndarray, calibration: dict, meta: dict) -> None:
     """NNCF's post-training INT8 quantisation of the FP32 IR, on the same calibration images; the two IR files
     are written beside each other in a temporary folder, then renamed into place."""
-    import logging
     import shutil
     import tempfile
 
-    # NNCF imports torch's cpp_extension, which logs a warning about CUDA_HOME on CPU-only machines.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    import nncf
+    from .native import quiet_logger
+
+    with quiet_logger("torch.utils.cpp_extension"):  # NNCF imports it; it warns about CUDA_HOME on CPU machines
+        import nncf
     import openvino as ov
 
     from .formats.openvino import RT_INFO_KEY
 
     model = ov.Core().read_model(str(exported / "model.xml"))
-    batches = [x[i:i + 50] for i in range(0, len(x), 50)]
+    batches = calibration_batches(x)
     # subset_size counts the dataset's items, here batches: all of them, i.e. every calibration image
     quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
     for k, v in metadata_props({**meta, "precision": "int8", "calibration": {**calibration, "tool": "nncf"}}).items():
@@ -156,15 +169,13 @@ def write_openvino_int8(exported: Path, x: np.ndarray, calibration: dict, meta: 
 
 def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
     """Write the variants into the export folder (under its lock); returns {variant: file}."""
-    import onnx
-
     from .fsutil import atomic_write, atomic_write_json, locked, write_errors
-    from .verify import load_artefacts
+    from .verify import COMPANIONS, load_artefacts
 
     exported = Path(opts.exported)
     meta, ckpt, _, _ = load_artefacts(exported, opts.checkpoint)
     x, calibration = calibration_images(ckpt, opts)
-    base = {p.key: parse_prop(p.value) for p in onnx.load(str(exported / "model.onnx")).metadata_props}
+    base = read_onnx_metadata(exported / "model.onnx")
     with write_errors(exported), locked(exported.parent / f".{exported.name}.lock", what=str(exported)):
         with _tool_errors("quantisation"):
             atomic_write(exported / VARIANTS["fp16"], lambda p: write_fp16(exported / "model.onnx", p, base))
@@ -180,7 +191,7 @@ def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
         meta["calibration"] = calibration
         atomic_write_json(exported / METADATA_FILE, meta)
     for name, f in written.items():
-        files = OPENVINO_INT8 if f == OPENVINO_INT8[0] else (f,)
+        files = (f, *COMPANIONS.get(f, ()))
         size = sum((exported / g).stat().st_size for g in files)
         log(f"wrote {' + '.join(str(exported / g) for g in files)} ({size / 1024:,.0f} KiB)")
     log(f"calibration: {calibration['size']} images of the {calibration['split']} split, seed {calibration['seed']}")

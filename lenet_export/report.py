@@ -110,8 +110,7 @@ class Report:
             if f.name == "backends":
                 v = {n: b.to_dict() for n, b in v.items()}
             elif f.name == "metadata":
-                v = {"passed": v.passed, "files": v.files, "errors": v.errors,
-                     "mismatches": [dataclasses.asdict(m) for m in v.mismatches], "unchecked": v.unchecked}
+                v = {"passed": v.passed, **dataclasses.asdict(v)}
             elif dataclasses.is_dataclass(v):
                 v = dataclasses.asdict(v)
             d[f.name] = v

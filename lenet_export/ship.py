@@ -128,11 +128,14 @@ def _mobile_lines(meta: dict) -> str:
     def batch(artefact: str) -> str:
         lo, hi = meta[artefact]["batch_range"]
         return f"{lo} only" if lo == hi else f"{lo}..{hi}"
-    lines = {"executorch": lambda: f"- `model.pte`: ExecuTorch program (XNNPACK delegate), batch {batch('model.pte')}, "
-                                   "metadata from its method `metadata()`.\n",
-             "litert": lambda: f"- `model.tflite`: LiteRT flatbuffer, batch {batch('model.tflite')}, metadata in its "
-                               "metadata entry `lenet_export`.\n"}
-    return "".join(line() for fmt, line in lines.items() if fmt in meta.get("formats", {}))
+    formats, lines = meta.get("formats", {}), ""
+    if "executorch" in formats:
+        lines += (f"- `model.pte`: ExecuTorch program (XNNPACK delegate), batch {batch('model.pte')}, metadata from "
+                  "its method `metadata()`.\n")
+    if "litert" in formats:
+        lines += (f"- `model.tflite`: LiteRT flatbuffer, batch {batch('model.tflite')}, metadata in its metadata "
+                  "entry `lenet_export`.\n")
+    return lines
 
 
 def files_section(folder: Path, meta: dict) -> str:

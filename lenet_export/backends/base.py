@@ -76,6 +76,7 @@ class Runner:
         if self.batch_range is None:
             return
         lo, hi = self.batch_range
+        self.runtime["batch_range"] = [lo, hi]  # reported with what ran
         if lo != 1 or hi < 1:  # verify's latency and last partial batch need batch 1; no artefact here needs more
             raise ValueError(f"batch range {self.batch_range}: lenet-export runs artefacts that take batch 1 to N")
         inner = self.run

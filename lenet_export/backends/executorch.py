@@ -32,8 +32,8 @@ def _open(ctx: Context) -> Runner:
         return [o.numpy().copy() for o in forward.execute([torch.from_numpy(x)])]  # outputs live in planned memory
 
     recorded = (ctx.metadata.get("model.pte") or {})
-    info = {"executorch": __version__, "delegate": DELEGATE, "batch_range": [lo, int(planned)],
-            "portable_ops": recorded.get("portable_ops"), "device": cpu_name()}
+    info = {"executorch": __version__, "delegate": DELEGATE, "portable_ops": recorded.get("portable_ops"),
+            "device": cpu_name()}
     return Runner(run, info, batch_range=(lo, int(planned)))
 
 

@@ -34,7 +34,7 @@ def _open(ctx: Context) -> Runner:
         return [interpreter.get_tensor(out["index"]).copy()]  # get_tensor's array is reused by the next invoke
 
     info = {"ai_edge_litert": ai_edge_litert.__version__, "delegate": "XNNPACK (interpreter default)",
-            "threads": threads, "batch_range": [batch, batch], "device": cpu_name()}
+            "threads": threads, "device": cpu_name()}
     return Runner(run, info, batch_range=(batch, batch))
 
 

@@ -48,12 +48,9 @@ def _open_variant(artefact: str):
 
     def check(ctx: Context) -> Runner:
         from ..metadata import read_onnx_metadata
-        from ..quantize import CALIBRATION_SPLIT
+        from ..quantize import check_calibration
 
-        calibration = read_onnx_metadata(ctx.artefact(artefact)).get("calibration")
-        if isinstance(calibration, dict) and calibration.get("split") != CALIBRATION_SPLIT:
-            raise ValueError(f"calibrated on the {calibration.get('split')!r} split: refused (only the training "
-                             "split may be used; the test split is what verify judges on)")
+        check_calibration(read_onnx_metadata(ctx.artefact(artefact)).get("calibration"))
         return open_(ctx)
     return check
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..metadata import openvino_rt_info
+from ..quantize import check_calibration
 from .base import Backend, Context, Runner
 
 INSTALL = "pip install 'lenet-export[openvino]'"
@@ -19,14 +21,7 @@ def _open(ctx: Context, artefact: str = "model.xml") -> Runner:
 
     core = ov.Core()
     model = core.read_model(str(ctx.artefact(artefact)))
-    if artefact != "model.xml" and model.has_rt_info(["lenet_export", "calibration"]):
-        from ..metadata import parse_prop
-        from ..quantize import CALIBRATION_SPLIT
-
-        split = parse_prop(model.get_rt_info(["lenet_export", "calibration"]).astype(str)).get("split")
-        if split != CALIBRATION_SPLIT:
-            raise ValueError(f"calibrated on the {split!r} split: refused (only the training split may be used; "
-                             "the test split is what verify judges on)")
+    check_calibration(openvino_rt_info(model).get("calibration"))  # the INT8 IR's; the FP32 IR records none
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
 

@@ -124,9 +124,9 @@ class NodeRunner:
             raise NodeError(f"onnxruntime-web: {reply['error']}")
         outs, at = [], 0
         for o in reply["outputs"]:
-            n = int(np.prod(o["dims"])) * 4
-            outs.append(np.frombuffer(data, np.float32, n // 4, at).reshape(o["dims"]))
-            at += n
+            count = int(np.prod(o["dims"]))
+            outs.append(np.frombuffer(data, np.float32, count, at).reshape(o["dims"]))
+            at += 4 * count  # float32
         return outs
 
 

@@ -6,7 +6,6 @@
 // header.nbytes raw bytes. First the runner sends {ready: true, versions...} (or {error}). Then each request
 // {dtype: "float32"|"uint8", dims: [...], nbytes} is answered with {outputs: [{name, dims}], nbytes} and the
 // outputs' float32 bytes back to back, or with {error: "one line", nbytes: 0}. EOF on stdin ends the process.
-import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
@@ -62,10 +61,8 @@ async function main() {
     send({ error: `onnxruntime-web cannot load ${path.basename(model || '?')}: ${oneLine(e)}` });
     return;
   }
-  const pkg = JSON.parse(fs.readFileSync(path.join(dir, 'node_modules', 'onnxruntime-web', 'package.json'), 'utf8'));
-  send({ ready: true, onnxruntime_web: pkg.version, node: process.versions.node,
-         wasm_threads: ort.env.wasm.numThreads,
-         inputs: session.inputNames, outputs: session.outputNames });
+  send({ ready: true, onnxruntime_web: ort.env.versions.web, node: process.versions.node,
+         wasm_threads: ort.env.wasm.numThreads });
 
   for await (const [req, body] of frames(process.stdin)) {
     try {

@@ -23,7 +23,7 @@ from ..backends import Context, Skip
 from ..errors import ConfigError, first_line
 from ..parity import Tolerance
 from .mapping import INPUT
-from .probes import PROBES, hooked, open_probe, require_supported, supports
+from .probes import PROBES, hooked, leaves, open_probe, require_supported, supports
 from .stats import Accumulator, LayerStats
 
 DEFAULT_SAMPLES = 64
@@ -93,14 +93,14 @@ def localise(backend: str, ctx: Context, x_float: np.ndarray, x_uint8: np.ndarra
     from .. import backends as registry
     from ..checkpoint import model_from_checkpoint
 
-    require_supported(backend)
-    try:
+    try:  # diff() and attach() have checked that diff supports the backend
         registry.get(backend).require_package()
         probe = open_probe(backend, ctx)
     except Skip as e:
         raise ConfigError(f"{backend} cannot run here: {e}") from None
     model = model_from_checkpoint(ctx.checkpoint)
-    kinds = {n: type(m).__name__ for n, m in model.named_modules() if n and not list(m.children())}
+    modules = dict(model.named_modules())
+    kinds = {n: type(modules[n]).__name__ for n in leaves(model)}
     ref_run = hooked(model, list(kinds))
     order = list(ref_run(torch.from_numpy(np.ascontiguousarray(x_float[:2]))))  # execution order
     rows, notes = _rows(order, kinds, probe.points)

@@ -85,10 +85,7 @@ def _ort(artefact: str, device: str, raw: bool):
         proto = onnx.load(str(ctx.artefact(artefact)))
         points = _recorded_map(ctx, artefact, proto)
         names = list(dict.fromkeys(points.values()))
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(_with_outputs(proto, names).SerializeToString(), opts,
-                                    providers=ort_session.providers_for(device))
+        sess = ort_session.open_session(_with_outputs(proto, names).SerializeToString(), device)
         used = ort_session.used_providers(sess)
         if device == "cuda" and used[0] != ort_session.CUDA:
             raise ArtefactError(f"ONNX Runtime CUDA session fell back to CPU (providers: {used})")
@@ -122,7 +119,7 @@ def _openvino(ctx: Context) -> Probe:
     return Probe("model.xml", points, run, f"openvino {ov.__version__} CPU f32")
 
 
-def _leaves(module) -> list[str]:
+def leaves(module) -> list[str]:
     return [n for n, m in module.named_modules() if n and not list(m.children())]
 
 
@@ -153,8 +150,8 @@ def _torchscript(device: str):
             if y.shape != whole.shape or not torch.allclose(y, whole, rtol=1e-5, atol=1e-5):
                 raise ArtefactError("model.pt's forward is not its submodules run in order; cannot localise")
             return {k: v.float().cpu().numpy() for k, v in acts.items()}
-        leaves = _leaves(m)
-        return Probe("model.pt", dict(zip(leaves, leaves)), run, f"torch.jit {torch.__version__} {device}")
+        names = leaves(m)
+        return Probe("model.pt", dict(zip(names, names)), run, f"torch.jit {torch.__version__} {device}")
     return open_
 
 
@@ -180,7 +177,7 @@ def _pt2(ctx: Context) -> Probe:
 
     program = torch.export.load(str(ctx.artefact("model.pt2")))
     module = torch.export.unflatten(program)
-    run_t = hooked(module, _leaves(module))
+    run_t = hooked(module, leaves(module))
     c, h, w = ctx.checkpoint["input_shape"]
     fired = list(run_t(torch.zeros(2, c, h, w)))  # leaves that run, in order (a no-op module has no node)
 

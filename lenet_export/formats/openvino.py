@@ -13,11 +13,10 @@ call, which an export should not do on the user's behalf, and which forks a proc
 
 from __future__ import annotations
 
-from ..metadata import metadata_props
+from ..metadata import OPENVINO_RT_INFO_KEY as RT_INFO_KEY, metadata_props
 from .base import Format, Target
 
 INSTALL = "pip install 'lenet-export[openvino]'"
-RT_INFO_KEY = "lenet_export"
 
 
 def _write(t: Target) -> dict:
