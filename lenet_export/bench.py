@@ -14,16 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .artefacts import artefact_size, load_export, load_inputs
 from .backends import Context
-from .verify import (EVAL_BATCH, VerifyOptions, artefact_size, latency_batch1, load_artefacts, load_inputs,
-                     open_backend, requested, verify)
+from .report import BackendResult, Timing, markdown_table
+from .verify import EVAL_BATCH, VerifyOptions, latency_batch1, open_backend, requested, verify
 
 SWEEP = (1, 4, 16, 64, 256, 1024, 4096)
 MIN_SECONDS = 0.25  # each batch size runs at least this long (and at least 2 batches)
+MARKDOWN_COLUMNS = ("backend", "artefact", "size", "status", "accuracy", "max_abs", "agree", "latency", "throughput")
 
 
 @dataclass
 class BenchRow:
+    """One backend's bench figures, as the JSON output holds them."""
+
     backend: str
     status: str  # passed / failed / skipped (from verify)
     artefact: str
@@ -37,6 +41,12 @@ class BenchRow:
     note: str = ""
 
 
+def row(r: BackendResult, exported: Path) -> BenchRow:
+    tm = r.timing
+    return BenchRow(r.name, r.status, artefact_size(exported, r.artefact)[0], r.size_bytes, r.accuracy,
+                    r.logits.max_abs if r.logits else None, r.argmax_agree,
+                    tm.latency_ms_batch1["median"] if tm else None, tm.throughput_batch if tm else None,
+                    tm.throughput_img_s if tm else None, r.reason or "")
 def sweep(run, x: np.ndarray, sizes=SWEEP) -> tuple[int, float]:
     """Best (batch size, images/s) over ``sizes``, each timed on real images for at least MIN_SECONDS."""
     best = (0, 0.0)
@@ -55,40 +65,32 @@ def sweep(run, x: np.ndarray, sizes=SWEEP) -> tuple[int, float]:
 
 
 def bench(exported: Path, checkpoint: Path | None, data_dir: str | None, backends: tuple[str, ...] | None,
-          log=print) -> list[BenchRow]:
+          log=print) -> tuple[list[BackendResult], int]:
+    """Every requested CPU backend's verify result, its timing replaced by the bench figures: batch-1 latency
+    and the best throughput of the batch sweep. Returns (results, test samples)."""
     rep = verify(VerifyOptions(exported=exported, checkpoint=checkpoint, data_dir=data_dir, backends=backends),
                  log=lambda _: None)
-    meta, ckpt, _, _ = load_artefacts(Path(exported), checkpoint)
-    inputs, _ = load_inputs(rep.dataset, ckpt, data_dir)
-    ctx = Context(Path(exported), meta, ckpt)
-    rows = []
+    export = load_export(Path(exported), checkpoint)
+    inputs, _ = load_inputs(rep.dataset, export.checkpoint, data_dir)
+    ctx = Context(export.folder, export.metadata, export.checkpoint)
+    results = []
     for b in requested(backends):
         if b.device != "cpu":
             continue
         res = rep.backends[b.name]
-        label, size = artefact_size(Path(exported), b.artefact)
-        row = BenchRow(b.name, res.status, label, size, res.accuracy, res.logits.max_abs if res.logits else None,
-                       res.argmax_agree, note=res.reason or "")
+        res.timing = None
         _, runner = open_backend(b, ctx, False) if res.ran else (None, None)
         if runner is not None:
-            x = inputs.for_backend(b)[:EVAL_BATCH]
-            row.latency_ms_batch1 = latency_batch1(runner, x)["median"]
+            x = inputs.get(b.input)[:EVAL_BATCH]
+            latency = latency_batch1(runner, x)
             hi = runner.batch_range[1] if runner.batch_range else SWEEP[-1]  # ranges start at 1 (Runner)
-            sizes = tuple(s for s in SWEEP if s <= hi)
-            row.best_batch, row.throughput_img_s = sweep(lambda a: (runner.run(a), runner.sync()), x, sizes)
-            log(f"{b.name:<16} latency {row.latency_ms_batch1:.3f} ms  best batch {row.best_batch}  "
-                f"{row.throughput_img_s:,.0f} img/s")
-        rows.append(row)
-    return rows
+            best, img_s = sweep(lambda a: (runner.run(a), runner.sync()), x, tuple(s for s in SWEEP if s <= hi))
+            res.timing = Timing(latency, img_s, best)
+            log(f"{b.name:<16} latency {latency['median']:.3f} ms  best batch {best}  {img_s:,.0f} img/s")
+        results.append(res)
+    return results, rep.samples
 
 
-def markdown(rows: list[BenchRow], title: str) -> str:
+def markdown(results: list[BackendResult], samples: int, title: str) -> str:
     """The comparison as a Markdown table (for the README and model cards)."""
-    head = (f"{title}\n\n| runtime | artefact | size | status | accuracy | max \\|Δ\\| vs torch | agree | "
-            "latency b1 (ms) | best batch | img/s |\n|---|---|---|---|---|---|---|---|---|---|")
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    lines = [f"| {r.backend} | {r.artefact} | {fmt(r.size_bytes and r.size_bytes / 1024, ',.0f')} KiB | {r.status} "
-             f"| {fmt(r.accuracy, '.4f')} | {fmt(r.max_abs_diff, '.1e')} | {fmt(r.argmax_agree, ',')} "
-             f"| {fmt(r.latency_ms_batch1, '.3f')} | {fmt(r.best_batch, '')} | {fmt(r.throughput_img_s, ',.0f')} |"
-             for r in rows]
-    return "\n".join([head, *lines]).replace("| - KiB |", "| - |")
+    return f"{title}\n\n" + markdown_table(results, samples, MARKDOWN_COLUMNS)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .data import CIFAR10_CLASSES, Split, _check_split, _download_errors, cache_dir, how_to_get
+from .splits import CIFAR10_CLASSES, Split, cache_dir, check_split, download_errors, how_to_get
 from .errors import DataError, first_line
 from .fsutil import write_errors
 
@@ -56,7 +56,7 @@ def _cifar_source(data_dir: Path, download: bool) -> tuple[str, Path]:
             raise DataError(f"{where} is not a readable .tar.gz archive")
         return "image-folder", _unpack_image_folder(where)
     if download:
-        with _download_errors("cifar10", data_dir):
+        with download_errors("cifar10", data_dir):
             CIFAR10(str(data_dir), train=True, download=True)
         return "torchvision-cifar10", data_dir
     raise DataError(how_to_get("cifar10", data_dir))
@@ -123,5 +123,5 @@ def load_cifar(data_dir: Path, train: bool, download: bool) -> Split:
     else:
         images, labels = _load_image_folder(root / split, CIFAR10_CLASSES, 3, 32)
         source = "jpeg-image-folder"
-    _check_split(images, labels, (3, 32, 32), f"CIFAR-10 under {root}")
+    check_split(images, labels, (3, 32, 32), f"CIFAR-10 under {root}")
     return Split(images, labels, list(CIFAR10_CLASSES), source)

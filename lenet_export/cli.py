@@ -13,10 +13,18 @@ from typing import Annotated, Optional
 
 import typer
 
+from . import backends as backend_registry, formats as format_registry
 from .errors import LenetExportError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Train LeNet-family networks, export them to TorchScript/ONNX and verify parity.")
+                  help="Train LeNet-family networks, export them to every portable format and verify parity.")
+# Help lists come from the registries (lenet_export.formats, lenet_export.backends): never written by hand.
+OPTIONAL_FORMATS = ", ".join(f.name for f in format_registry.registry(format_registry.EXPORT).values()
+                             if not f.required)
+VARIANTS = ", ".join(f.artefact for f in format_registry.registry(format_registry.QUANTIZE).values())
+BACKENDS = ", ".join(backend_registry.names())
+CPU_BACKENDS = ", ".join(backend_registry.names("cpu"))
+PROBED = ", ".join(backend_registry.probed())
 
 
 def _quiet_libraries() -> None:
@@ -117,8 +125,8 @@ def onnx(
     out: Annotated[Optional[Path], typer.Option(help="Output folder; default: exported/<dataset>-<model>.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (dynamo: 18 and up; torchscript: 9..20).")] = 18,
     exporter: Annotated[str, typer.Option(help="dynamo (torch.export based) or torchscript (legacy).")] = "dynamo",
-    formats: Annotated[str, typer.Option(help="Comma-separated formats to write besides onnx and raw-onnx "
-                                              "(torchscript, pt2, openvino, executorch, litert), or all (skipping those whose "
+    formats: Annotated[str, typer.Option(help=f"Comma-separated formats to write besides onnx and raw-onnx "
+                                              f"({OPTIONAL_FORMATS}), or all (skipping those whose "
                                               "package is missing).")] = "all",
     torchscript: Annotated[bool, typer.Option("--torchscript/--no-torchscript",
                                               help="Write model.pt (TorchScript) when --formats includes it.")] = True,
@@ -126,7 +134,7 @@ def onnx(
                                              "has passed its checks).")] = False,
     data_dir: DataDir = None,
 ):
-    """Export a checkpoint to ONNX (+ raw-uint8 variant, golden data) and TorchScript, checked against eager."""
+    """Export a checkpoint to every format (ONNX, its raw-uint8 twin, golden data, ...), checked against eager."""
     from .export import ExportOptions, export
     from .ui import log
 
@@ -146,13 +154,14 @@ def verify(
     checkpoint: ExportCheckpoint = None,
     data_dir: DataDir = None,
     dataset: Annotated[Optional[str], typer.Option(help="Test set to use; default: the checkpoint's.")] = None,
-    backends: Annotated[str, typer.Option(help="Comma-separated backend names (see the README), or all.")] = "all",
+    backends: Annotated[str, typer.Option(help=f"Comma-separated backends ({BACKENDS}), or all.")] = "all",
     atol: Annotated[float, typer.Option(help="Absolute logit tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative logit tolerance.")] = 1e-4,
     report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
     require_cuda: Annotated[bool, typer.Option(help="Fail when a CUDA backend cannot run.")] = False,
 ):
     """Check that every runtime gives the checkpoint's logits and accuracy on the whole test set."""
+    from .diff import attach
     from .parity import Tolerance
     from .ui import print_report
     from .verify import VerifyOptions, verify as run_verify
@@ -160,12 +169,13 @@ def verify(
     names = None if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
     rep = run_verify(VerifyOptions(exported=exported, checkpoint=checkpoint, data_dir=str(data_dir) if data_dir else None,
                                    dataset=dataset, backends=names, tolerance=Tolerance(atol, rtol),
-                                   require_cuda=require_cuda, report=report), log=lambda _: None)
+                                   require_cuda=require_cuda, report=report, localise=attach), log=lambda _: None)
     print_report(rep, report)
     rep.check()
 
 
-@app.command()
+@app.command(help=f"Write the reduced-precision variants ({VARIANTS}) with each runtime's own tools; those whose "
+                   "package is missing are skipped with the reason.")
 @cli_errors
 def quantize(
     exported: Exported = SHIPPED,
@@ -176,7 +186,6 @@ def quantize(
     per_channel: Annotated[bool, typer.Option(help="Per-channel INT8 weights (default: per-tensor, measured "
                                                    "better here).")] = False,
 ):
-    """Write FP16 and INT8 variants (model.fp16.onnx, model.int8.onnx) with ONNX Runtime's tools."""
     from .quantize import QuantizeOptions, quantize as run_quantize
     from .ui import log
 
@@ -187,8 +196,7 @@ def quantize(
 @app.command()
 @cli_errors
 def diff(
-    backend: Annotated[str, typer.Option(help="Runtime to localise: ort-cpu, ort-cpu-raw, ort-cuda, ort-cuda-raw, "
-                                              "openvino-cpu, torchscript-cpu, torchscript-cuda, pt2-cpu.")],
+    backend: Annotated[str, typer.Option(help=f"Runtime to localise: {PROBED}.")],
     exported: Exported = SHIPPED,
     checkpoint: ExportCheckpoint = None,
     data_dir: DataDir = None,
@@ -220,25 +228,25 @@ def bench(
     exported: Exported = SHIPPED,
     checkpoint: ExportCheckpoint = None,
     data_dir: DataDir = None,
-    backends: Annotated[str, typer.Option(help="Comma-separated CPU backends, or all.")] = "all",
+    backends: Annotated[str, typer.Option(help=f"Comma-separated CPU backends ({CPU_BACKENDS}), or all.")] = "all",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the rows as JSON here.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write the table as Markdown here.")] = None,
 ):
     """Compare the CPU runtimes side by side: size, latency, best-batch throughput, and parity."""
     import dataclasses
 
-    from .bench import bench as run_bench, markdown as to_markdown
+    from .bench import bench as run_bench, markdown as to_markdown, row
     from .fsutil import atomic_write_json, atomic_write_text, write_errors
     from .ui import bench_table, console, log
 
     names = None if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
-    rows = run_bench(exported, checkpoint, str(data_dir) if data_dir else None, names, log=log)
-    console.print(bench_table(rows, str(exported)))
+    results, samples = run_bench(exported, checkpoint, str(data_dir) if data_dir else None, names, log=log)
+    console.print(bench_table(results, samples, str(exported)))
     with write_errors(json_out or markdown or "."):
         if json_out:
-            atomic_write_json(json_out, [dataclasses.asdict(r) for r in rows])
+            atomic_write_json(json_out, [dataclasses.asdict(row(r, exported)) for r in results])
         if markdown:
-            atomic_write_text(markdown, to_markdown(rows, f"Runtimes on {exported}") + "\n")
+            atomic_write_text(markdown, to_markdown(results, samples, f"Runtimes on {exported}") + "\n")
 
 
 @app.command()

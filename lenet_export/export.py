@@ -145,8 +145,8 @@ def check_artefacts(folder: Path, ckpt: dict, checkpoint_sha256: str, images: to
     """The fresh artefacts against eager PyTorch on real images, by verify's own backends and parity rules:
     every CPU backend whose artefact was written (and whose runtime is installed) runs."""
     from . import backends as registry
-    from .metadata import check_metadata
-    from .verify import Context, Inputs, evaluate, requested
+    from .artefacts import Export, Inputs, check_metadata
+    from .verify import Context, evaluate, requested
 
     inputs = Inputs(normalize(images, ckpt["mean"], ckpt["std"]).numpy(), to_raw_layout(images).numpy(), labels.numpy())
     meta = json.loads((folder / METADATA_FILE).read_text())
@@ -157,7 +157,7 @@ def check_artefacts(folder: Path, ckpt: dict, checkpoint_sha256: str, images: to
     for b in requested(tuple(names)):
         results[b.name], logits = evaluate(b, ctx, inputs, ref, Tolerance(), measure=False)
         ref = logits if ref is None else ref
-    md = check_metadata(folder, ckpt, checkpoint_sha256, meta)
+    md = check_metadata(Export(folder, meta, ckpt, folder / "best.pth", checkpoint_sha256))
     if not md.passed:
         raise ExportError(f"exported metadata disagrees with the checkpoint: {md.failures[0]}")
     return results
@@ -198,7 +198,8 @@ def write_artefacts(tmp: Path, model: nn.Module, ckpt: dict, test, meta: dict, o
     raw = RawInputModel(model, ckpt["mean"], ckpt["std"]).eval()
     c, h, w = ckpt["input_shape"]
     target = Target(tmp, model, raw, torch.zeros(2, c, h, w),
-                    torch.zeros((2, h, w) if c == 1 else (2, h, w, c), dtype=torch.uint8), meta, opts.exporter, opts.opset)
+                    torch.zeros((2, h, w) if c == 1 else (2, h, w, c), dtype=torch.uint8), meta, opts.exporter,
+                    opts.opset)
     made = {}
     for f in formats:
         made |= f.write(target)

@@ -16,15 +16,28 @@ KEPT_ON_FAILURE = 4000  # characters of the captured output attached to the exce
 
 @contextmanager
 def captured_stderr():
-    sys.stderr.flush()
+    with _captured(2):
+        yield
+
+
+@contextmanager
+def captured_output():
+    """Both standard streams: for runtimes that print to stdout too (MNN announces the CPU's features)."""
+    with _captured(1), _captured(2):
+        yield
+
+
+@contextmanager
+def _captured(fd: int):
+    (sys.stdout if fd == 1 else sys.stderr).flush()
     try:
-        saved = os.dup(2)
-    except OSError:  # no file descriptor 2 (a daemon): nothing to capture
+        saved = os.dup(fd)
+    except OSError:  # no such file descriptor (a daemon): nothing to capture
         yield
         return
     try:
         with tempfile.TemporaryFile() as f:
-            os.dup2(f.fileno(), 2)
+            os.dup2(f.fileno(), fd)
             try:
                 yield
             except Exception as e:
@@ -34,7 +47,7 @@ def captured_stderr():
                     e.add_note(f"native log:\n{log[-KEPT_ON_FAILURE:]}")
                 raise
             finally:
-                os.dup2(saved, 2)
+                os.dup2(saved, fd)
     finally:
         os.close(saved)
 

@@ -50,6 +50,37 @@ class Tolerance:
         return np.abs(out.astype(np.float64) - ref.astype(np.float64)) <= self.atol + self.rtol * np.abs(ref)
 
 
+# Every way a backend can fail, as text: the one place a ``Failure`` becomes words.
+MESSAGES = {
+    "nonfinite": "{count} NaN or Inf values in the outputs",
+    "logits": "logits differ by up to {max_abs:.3e} (> atol {atol:g} + rtol {rtol:g}*|ref|)",
+    "accuracy": "accuracy {accuracy:.4f} != reference {reference:.4f}",
+    "confident-flips": "{count} confident predictions changed class (margin > {bound:.3g}, e.g. sample {sample}, "
+                       "reference margin {margin:.3g})",
+    "probabilities": "probabilities differ from softmax(logits) by up to {max_abs:.3e}",
+    "accuracy-drop": "accuracy {accuracy:.4f} is {drop:.2f} points below the reference {reference:.4f} "
+                     "(budget {budget:.2f})",
+    "batch-invariance": "not batch-invariant: max diff {max_abs:.3e} across batch sizes",
+    "outputs": "outputs {shape} logits per sample; the model has {classes} classes",
+    "load": "cannot load {what}: {message}",
+    "run": "cannot run {what}: {message}",
+    "fallback": "{message}",
+    "require-cuda": "--require-cuda: {message}",
+}
+
+
+@dataclass
+class Failure:
+    """One broken rule: which (a key of ``MESSAGES``), its numbers, and the sample it names, if any."""
+
+    rule: str
+    numbers: dict = field(default_factory=dict)
+    sample: int | None = None
+
+    def __str__(self) -> str:
+        return MESSAGES[self.rule].format(**self.numbers, sample=self.sample)
+
+
 CONFIDENT_MARGIN_FACTOR = 2.0  # rule 4: a flip counts when the reference margin exceeds this x p99 |diff|
 BATCH_INVARIANCE_SIZES = (1, 2, 7)
 BATCH_INVARIANCE_SAMPLES = 70  # the first samples of the split, re-run at each of the sizes above
@@ -96,7 +127,7 @@ class Judgement:
     argmax_agree: int  # samples whose class equals the reference's
     flips: list[Flip]
     nonfinite: int
-    failures: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
 
 
 def compare_logits(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> LogitStats:
@@ -159,26 +190,30 @@ def judge(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, tol: Tolerance,
         stats = LogitStats(math.inf, math.inf, math.inf, math.inf, False)
         classes = np.nan_to_num(out).argmax(1)
         j = Judgement(float((classes == labels).mean()), stats, int((classes == ref.argmax(1)).sum()), [], bad)
-        j.failures.append(f"{bad} NaN or Inf values in the outputs")
+        j.failures.append(Failure("nonfinite", {"count": bad}))
         return j
     stats = compare_logits(ref, out, tol)
     flips = find_flips(ref, out)
     acc, ref_acc = float((out.argmax(1) == labels).mean()), float((ref.argmax(1) == labels).mean())
     j = Judgement(acc, stats, len(out) - len(flips), flips, 0)
     if not stats.within_tolerance:
-        j.failures.append(f"logits differ by up to {stats.max_abs:.3e} (> atol {tol.atol:g} + rtol {tol.rtol:g}*|ref|)")
+        j.failures.append(Failure("logits", {"max_abs": stats.max_abs, "atol": tol.atol, "rtol": tol.rtol}))
     if acc != ref_acc:
-        j.failures.append(f"accuracy {acc:.4f} != reference {ref_acc:.4f}")
-    confident = confident_flips(flips, confident_bound(stats, tol))
-    if confident:
-        j.failures.append(f"{len(confident)} confident predictions changed class (e.g. sample {confident[0].index}, "
-                          f"reference margin {confident[0].reference_margin:.3g})")
+        j.failures.append(Failure("accuracy", {"accuracy": acc, "reference": ref_acc}))
+    bound = confident_bound(stats, tol)
+    if confident := confident_flips(flips, bound):
+        j.failures.append(_flips_failure(confident, bound))
     if probabilities is not None:
         p_ok = np.abs(probabilities.astype(np.float64) - softmax(out)) <= tol.atol + tol.rtol * np.abs(probabilities)
         if not p_ok.all():
             worst = float(np.abs(probabilities - softmax(out)).max())
-            j.failures.append(f"probabilities differ from softmax(logits) by up to {worst:.3e}")
+            j.failures.append(Failure("probabilities", {"max_abs": worst}))
     return j
+
+
+def _flips_failure(confident: list[Flip], bound: float) -> Failure:
+    return Failure("confident-flips", {"count": len(confident), "bound": bound,
+                                       "margin": confident[0].reference_margin}, confident[0].index)
 
 
 @dataclass(frozen=True)
@@ -208,16 +243,14 @@ def judge_approximate(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, budg
     acc, ref_acc = float((out.argmax(1) == labels).mean()), float((ref.argmax(1) == labels).mean())
     j = Judgement(acc, stats, len(out) - len(flips), flips, bad)
     if bad:
-        j.failures.append(f"{bad} NaN or Inf values in the outputs")
+        j.failures.append(Failure("nonfinite", {"count": bad}))
     if ref_acc - acc > budget.accuracy_drop + 1e-12:
-        j.failures.append(f"accuracy {acc:.4f} is {100 * (ref_acc - acc):.2f} points below the reference {ref_acc:.4f} "
-                          f"(budget {100 * budget.accuracy_drop:.2f})")
+        j.failures.append(Failure("accuracy-drop", {"accuracy": acc, "drop": 100 * (ref_acc - acc), "reference": ref_acc,
+                                                    "budget": 100 * budget.accuracy_drop}))
     per_sample = np.abs(out.astype(np.float64) - ref).max(axis=1)
     bound = FLIP_FACTOR * float(np.percentile(per_sample, 99))
-    confident = confident_flips(flips, bound)
-    if confident:
-        j.failures.append(f"{len(confident)} confident predictions changed class (margin > {bound:.3g}, e.g. sample "
-                          f"{confident[0].index}, reference margin {confident[0].reference_margin:.3g})")
+    if confident := confident_flips(flips, bound):
+        j.failures.append(_flips_failure(confident, bound))
     return j
 
 

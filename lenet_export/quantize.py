@@ -1,23 +1,23 @@
-"""Reduced-precision variants of an export, made by ONNX Runtime's own tools: ``model.fp16.onnx`` (float16
-weights and arithmetic, float32 input and output) and ``model.int8.onnx`` (static INT8, QDQ format); with the
-openvino extra also ``model.int8.xml`` + ``.bin``, NNCF's INT8 quantisation of the FP32 IR.
+"""Reduced-precision variants of an export: every QUANTIZE format of the registry (``lenet_export.formats``):
+FP16 and INT8 ONNX by ONNX Runtime's tools, and with the openvino extra the INT8 IR by NNCF.
 
     lenet-export quantize --exported exported/fashion-mnist-lenet-modern
 
 Calibration uses a seeded subset of the checkpoint's *training* part of the training set: never the
 validation split the checkpoint was selected on, never the test set ``verify`` judges on. Seed, size,
-method and the exact rule are recorded in each variant's metadata (``metadata_props`` and ``metadata.json``),
-and ``verify`` refuses a variant whose calibration says otherwise.
+method and the exact rule are recorded in each variant's metadata (inside the artefact and in
+``metadata.json``), and ``verify`` refuses a variant whose calibration says otherwise.
 
-INT8 granularity: per-tensor weights, chosen by measurement on the shipped models (whole test sets, same 500
-calibration images): per-tensor kept Fashion-MNIST at 0.9164 (FP32 0.9160; 9,903 classes equal to FP32) and
-CIFAR-10 at 0.7756 (FP32 0.7761; 9,821 equal), per-channel lost 0.52 and 2.26 points (0.9108, 0.7535; 9,788
-and 9,006 equal), beyond the INT8 budget. ``--per-channel`` is there to re-measure.
+Each variant is written whole or not at all: its files are staged in a temporary folder inside the export,
+then renamed into place (companions first), and ``metadata.json`` lists it only once it is there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -25,12 +25,9 @@ from typing import Iterator
 import numpy as np
 
 from .errors import ConfigError, ExportError, first_line
-from .metadata import METADATA_FILE, metadata_props, read_onnx_metadata
-
-VARIANTS = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-OPENVINO_INT8 = ("model.int8.xml", "model.int8.bin")  # with the openvino extra (NNCF)
-CALIBRATION_SPLIT = "train"  # the only split a variant may be calibrated on
-CALIBRATION_BATCH = 50  # images per calibration batch, for both quantisers
+from .formats import QUANTIZE, Calibration, Format, Target, registry
+from .formats.base import CALIBRATION_SPLIT
+from .metadata import METADATA_FILE
 
 
 @dataclass
@@ -42,18 +39,6 @@ class QuantizeOptions:
     seed: int = 0
     per_channel: bool = False
     calibration_split: str = CALIBRATION_SPLIT  # "test" exists only so the tests can show verify refusing it
-
-
-def check_calibration(calibration) -> None:
-    """A variant's recorded calibration (None: not recorded) must name the training split; the backends refuse
-    anything else, since the test split is what verify judges on."""
-    if isinstance(calibration, dict) and calibration.get("split") != CALIBRATION_SPLIT:
-        raise ValueError(f"calibrated on the {calibration.get('split')!r} split: refused (only the training "
-                         "split may be used; the test split is what verify judges on)")
-
-
-def calibration_batches(x: np.ndarray) -> list[np.ndarray]:
-    return [x[i:i + CALIBRATION_BATCH] for i in range(0, len(x), CALIBRATION_BATCH)]
 
 
 def calibration_images(ckpt: dict, opts: QuantizeOptions) -> tuple[np.ndarray, dict]:
@@ -78,46 +63,6 @@ def calibration_images(ckpt: dict, opts: QuantizeOptions) -> tuple[np.ndarray, d
                "activations": "QInt8", "weights": "QInt8"}
 
 
-def _with_metadata(model, meta: dict) -> None:
-    import onnx
-
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, metadata_props(meta))
-
-
-def write_fp16(src: Path, dst: Path, meta: dict) -> None:
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)  # float32 in and out, as model.onnx
-    _with_metadata(model, {**meta, "precision": "fp16", "converter": "onnxruntime.transformers.float16"})
-    onnx.save_model(model, str(dst))
-
-
-def write_int8(src: Path, dst: Path, x: np.ndarray, calibration: dict, meta: dict, per_channel: bool) -> None:
-    import tempfile
-
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter([{"input": b} for b in calibration_batches(x)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # ORT's recommended clean-up first
-        quantize_static(str(pre), str(Path(tmp) / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-        model = onnx.load(str(Path(tmp) / "q.onnx"))
-    _with_metadata(model, {**meta, "precision": "int8", "calibration": calibration})
-    onnx.save_model(model, str(dst))
-
-
 @contextlib.contextmanager
 def _tool_errors(what: str) -> Iterator[None]:
     """The quantisation tools raise many exception types: report the first line as ``ExportError``. OSErrors
@@ -130,69 +75,52 @@ def _tool_errors(what: str) -> Iterator[None]:
         raise ExportError(f"{what} failed: {first_line(e)}") from None
 
 
-def _nncf_ready(exported: Path, meta: dict) -> bool:
-    """The OpenVINO INT8 variant needs the FP32 IR and the openvino extra (which brings NNCF)."""
-    import importlib.util
-
-    return ("openvino" in meta.get("formats", {}) and (exported / "model.xml").is_file()
-            and all(importlib.util.find_spec(p) is not None for p in ("openvino", "nncf")))
-
-
-def write_openvino_int8(exported: Path, x: np.ndarray, calibration: dict, meta: dict) -> None:
-    """NNCF's post-training INT8 quantisation of the FP32 IR, on the same calibration images; the two IR files
-    are written beside each other in a temporary folder, then renamed into place."""
-    import shutil
-    import tempfile
-
-    from .native import quiet_logger
-
-    with quiet_logger("torch.utils.cpp_extension"):  # NNCF imports it; it warns about CUDA_HOME on CPU machines
-        import nncf
-    import openvino as ov
-
-    from .formats.openvino import RT_INFO_KEY
-
-    model = ov.Core().read_model(str(exported / "model.xml"))
-    batches = calibration_batches(x)
-    # subset_size counts the dataset's items, here batches: all of them, i.e. every calibration image
-    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
-    for k, v in metadata_props({**meta, "precision": "int8", "calibration": {**calibration, "tool": "nncf"}}).items():
-        quantized.set_rt_info(v, [RT_INFO_KEY, k])
-    tmp = Path(tempfile.mkdtemp(prefix=".int8.", suffix=".tmp", dir=exported))
+def _write_variant(f: Format, t: Target, exported: Path) -> dict:
+    """Write ``f`` into a temporary folder inside the export, then rename its files into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{f.name}.", suffix=".tmp", dir=exported))
     try:
-        ov.save_model(quantized, str(tmp / OPENVINO_INT8[0]), compress_to_fp16=False)
-        for f in OPENVINO_INT8[::-1]:  # .bin first: a reader never finds a new .xml beside an old .bin
-            (tmp / f).replace(exported / f)
+        made = f.write(Target(**{**t.__dict__, "folder": tmp}))
+        for name in reversed(f.files):  # companions first: a reader never finds a new .xml beside an old .bin
+            os.chmod(tmp / name, 0o644)
+            (tmp / name).replace(exported / name)
+        return made
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
-    """Write the variants into the export folder (under its lock); returns {variant: file}."""
-    from .fsutil import atomic_write, atomic_write_json, locked, write_errors
-    from .verify import COMPANIONS, load_artefacts
+    """Write every QUANTIZE format this machine can make into the export folder (under its lock); returns
+    {format: artefact}. A format whose package or source artefact is missing is skipped with the reason."""
+    from .artefacts import load_export, present_formats
+    from .checkpoint import model_from_checkpoint
+    from .formats.onnx import read_onnx_metadata
+    from .fsutil import atomic_write_json, locked, write_errors
 
-    exported = Path(opts.exported)
-    meta, ckpt, _, _ = load_artefacts(exported, opts.checkpoint)
-    x, calibration = calibration_images(ckpt, opts)
-    base = read_onnx_metadata(exported / "model.onnx")
+    export = load_export(Path(opts.exported), opts.checkpoint)
+    exported, meta = export.folder, export.metadata
+    x, calibration = calibration_images(export.checkpoint, opts)
+    model = model_from_checkpoint(export.checkpoint)
+    c, h, w = export.checkpoint["input_shape"]
+    target = Target(exported, model, None, np.zeros((2, c, h, w), np.float32), None,
+                    read_onnx_metadata(exported / "model.onnx"), source=exported,
+                    calibration=Calibration(x, calibration))
+    written: dict[str, str] = {}
     with write_errors(exported), locked(exported.parent / f".{exported.name}.lock", what=str(exported)):
-        with _tool_errors("quantisation"):
-            atomic_write(exported / VARIANTS["fp16"], lambda p: write_fp16(exported / "model.onnx", p, base))
-            atomic_write(exported / VARIANTS["int8"], lambda p: write_int8(exported / "model.onnx", p, x, calibration,
-                                                                            base, opts.per_channel))
-        written = dict(VARIANTS)
-        meta["formats"] = {**meta.get("formats", {}), **{k: [v] for k, v in VARIANTS.items()}}
-        if _nncf_ready(exported, meta):
-            with _tool_errors("OpenVINO INT8 quantisation"):
-                write_openvino_int8(exported, x, calibration, base)
-            written["openvino-int8"] = OPENVINO_INT8[0]
-            meta["formats"]["openvino-int8"] = list(OPENVINO_INT8)
-        meta["calibration"] = calibration
-        atomic_write_json(exported / METADATA_FILE, meta)
-    for name, f in written.items():
-        files = (f, *COMPANIONS.get(f, ()))
-        size = sum((exported / g).stat().st_size for g in files)
-        log(f"wrote {' + '.join(str(exported / g) for g in files)} ({size / 1024:,.0f} KiB)")
+        for f in registry(QUANTIZE).values():
+            have = present_formats(meta)
+            why = f.missing() or next((f"needs {d}, which the export does not have" for d in f.made_from
+                                       if d not in have), None)
+            if why:
+                log(f"skipped {f.name}: {why}")
+                continue
+            with _tool_errors(f"{f.name} quantisation"):
+                made = _write_variant(f, target, exported)
+            meta["formats"] = {**meta.get("formats", {}), f.name: list(f.files)}
+            meta |= made
+            meta["calibration"] = calibration
+            atomic_write_json(exported / METADATA_FILE, meta)  # lists the variant once its files are in place
+            written[f.name] = f.artefact
+            size = sum((exported / g).stat().st_size for g in f.files)
+            log(f"wrote {' + '.join(str(exported / g) for g in f.files)} ({size / 1024:,.0f} KiB)")
     log(f"calibration: {calibration['size']} images of the {calibration['split']} split, seed {calibration['seed']}")
     return written

@@ -1,4 +1,5 @@
-"""The parity report: typed results for one backend and for a whole run, their JSON form, and the verdict.
+"""The parity report: typed results for one backend and for a whole run, their JSON form, the verdict, and the
+one renderer of a backend's row (``cells``) that the terminal table, the model card and the bench table share.
 
 The JSON keys are the README's ("The JSON report"); ``report_format`` changes when they do.
 """
@@ -11,9 +12,9 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError, ParityError
 from .metadata import MetadataCheck
-from .parity import BatchInvariance, Flip, LogitStats, Pairwise, Tolerance
+from .parity import BatchInvariance, Failure, Flip, LogitStats, Pairwise, Tolerance
 
-REPORT_FORMAT = 2
+REPORT_FORMAT = 3  # 3: failures are objects {rule, numbers, sample, text}
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
 
@@ -29,7 +30,7 @@ class BackendResult:
     name: str
     status: str  # passed / failed / skipped
     reason: str | None = None  # why skipped, or why it could not run
-    failures: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     artefact: str | None = None
     input: str | None = None  # float (normalised NCHW) or uint8 (decoded images)
     precision: str = "fp32"  # fp16 / int8: an approximate variant, judged by parity.Budget
@@ -48,14 +49,20 @@ class BackendResult:
     def ran(self) -> bool:
         return self.logits is not None
 
-    def fail(self, reason: str) -> "BackendResult":
-        self.status, self.reason = FAILED, reason
-        self.failures.append(reason)
+    def fail(self, failure: Failure) -> "BackendResult":
+        self.status, self.reason = FAILED, str(failure)
+        self.failures.append(failure)
         return self
+
+    @property
+    def rules(self) -> list[str]:
+        """The rules this backend broke."""
+        return [f.rule for f in self.failures]
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("name")
+        d["failures"] = [{**dataclasses.asdict(f), "text": str(f)} for f in self.failures]
         t = d.pop("timing") or {}
         return {**d, **t}
 
@@ -134,3 +141,38 @@ def json_safe(v):
     if isinstance(v, (list, tuple)):
         return [json_safe(x) for x in v]
     return v
+
+
+COLUMNS = {"backend": "backend", "artefact": "artefact", "size": "size", "status": "status",
+           "precision": "precision", "accuracy": "accuracy", "max_abs": "max |Δ| vs torch", "agree": "agree",
+           "batch": "batch |Δ|", "latency": "latency b1 (ms)", "throughput": "img/s (batch)", "note": "note"}
+
+
+def cells(r: BackendResult, samples: int) -> dict[str, str]:
+    """One backend's row as text, keyed by ``COLUMNS``: every table of results picks its columns from it."""
+    def fmt(v, f: str) -> str:
+        return "-" if v is None else format(v, f)
+
+    tm = r.timing
+    note = r.reason or (str(r.failures[0]) if r.failures else "") or (
+        f"approximate ({r.precision}): budget rules" if r.precision != "fp32" else "")
+    from .formats import files_of
+
+    return {"backend": r.name, "artefact": " + ".join(files_of(r.artefact)) if r.artefact else "best.pth",
+            "size": "-" if r.size_bytes is None else f"{r.size_bytes / 1024:,.0f} KiB", "status": r.status,
+            "precision": r.precision, "accuracy": fmt(r.accuracy, ".4f"),
+            "max_abs": fmt(r.logits and r.logits.max_abs, ".1e"),
+            "agree": "-" if r.argmax_agree is None else f"{r.argmax_agree}/{samples}",
+            "batch": r.batch_invariance.summary if r.batch_invariance else "-",
+            "latency": fmt(tm and tm.latency_ms_batch1["median"], ".3f"),
+            "throughput": f"{tm.throughput_img_s:,.0f} (b{tm.throughput_batch})" if tm else "-", "note": note}
+
+
+def markdown_table(results: list[BackendResult], samples: int, columns: tuple[str, ...]) -> str:
+    """Results as a Markdown table of ``columns`` (model cards, bench, README)."""
+    def esc(v: str) -> str:
+        return v.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(esc(COLUMNS[c]) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(esc(cells(r, samples)[c]) for c in columns) + " |" for r in results]
+    return "\n".join(lines)

@@ -44,30 +44,37 @@ def fail(msg: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def verify_table(rep: "Report"):
-    """The parity report as a rich table; a backend that did not run shows its reason in the last column."""
+def results_table(results: list, samples: int, columns: tuple[str, ...], title: str):
+    """Backend results as a rich table of ``columns`` (``report.cells``: the same row text as the model card and
+    the bench markdown); a backend that did not run shows its reason in the note column."""
     from rich.markup import escape
     from rich.table import Table
 
-    tol = rep.tolerance
-    t = Table(title=f"parity: {rep.model} on {rep.dataset}, {rep.samples} test images ({rep.data_source}), "
-                    f"atol {tol.atol:g} rtol {tol.rtol:g}", title_justify="left")
-    for col in ("backend", "status", "accuracy", "max|Δ|", "agree", "batch|Δ|", "b1 ms", "img/s"):
-        t.add_column(col, no_wrap=True, justify="left" if col in ("backend", "status") else "right")
-    t.add_column("note", overflow="ellipsis", no_wrap=True, max_width=32)  # full reasons follow the table
+    from .report import COLUMNS, cells
+
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        left = c in ("backend", "status", "artefact", "note")
+        t.add_column(COLUMNS[c], no_wrap=True, justify="left" if left else "right",
+                     **({"overflow": "ellipsis", "max_width": 32} if c == "note" else {}))
     style = {"passed": "green", "failed": "bold red", "skipped": "yellow"}
-    for name, r in rep.backends.items():
-        st = f"[{style[r.status]}]{r.status}[/]"
-        note = escape(r.reason or (r.failures[0] if r.failures else "")
-                      or (f"approximate ({r.precision}): budget rules" if r.precision != "fp32" else ""))
-        if not r.ran:
-            t.add_row(name, st, *["-"] * 6, note)
-            continue
-        lg, tm = r.logits, r.timing
-        t.add_row(name, st, f"{r.accuracy:.4f}", f"{lg.max_abs:.1e}", f"{r.argmax_agree}/{rep.samples}", r.batch_invariance.summary,
-                  f"{tm.latency_ms_batch1['median']:.3f}" if tm else "-", f"{tm.throughput_img_s:,.0f}" if tm else "-",
-                  note)
+    for r in results:
+        row = cells(r, samples)
+        row["status"] = f"[{style[r.status]}]{r.status}[/]"
+        t.add_row(*[row[c] if c == "status" else escape(row[c]) for c in columns])
     return t
+
+
+VERIFY_COLUMNS = ("backend", "status", "accuracy", "max_abs", "agree", "batch", "latency", "throughput", "note")
+BENCH_COLUMNS = ("backend", "size", "status", "accuracy", "max_abs", "latency", "throughput")
+
+
+def verify_table(rep: "Report"):
+    """The parity report as a rich table (full reasons follow it)."""
+    tol = rep.tolerance
+    return results_table(list(rep.backends.values()), rep.samples, VERIFY_COLUMNS,
+                         f"parity: {rep.model} on {rep.dataset}, {rep.samples} test images ({rep.data_source}), "
+                         f"atol {tol.atol:g} rtol {tol.rtol:g}")
 
 
 def ran_on(r: "BackendResult") -> str:
@@ -106,7 +113,7 @@ def print_report(rep: "Report", path=None) -> None:
         if r.runtime:
             console.print(f"{name} ran on: {escape(ran_on(r))}")
         for f in r.failures:
-            console.print(f"[bold red]FAIL[/] {name}: {escape(f)}")
+            console.print(f"[bold red]FAIL[/] {name}: {escape(str(f))}")
         if r.layer_diff:
             console.print(diff_line(name, r.layer_diff), markup=False, soft_wrap=True)
         if r.status == "skipped":
@@ -159,16 +166,6 @@ def diff_table(res):
     return t
 
 
-def bench_table(rows: list, title: str):
-    """``lenet-export bench`` rows as a rich table."""
-    from rich.table import Table
-
-    t = Table(title=f"runtimes on {title}", title_justify="left")
-    for col in ("runtime", "size KiB", "status", "accuracy", "max|Δ|", "b1 ms", "best batch", "img/s"):
-        t.add_column(col, justify="left" if col in ("runtime", "status") else "right", no_wrap=True)
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    for r in rows:
-        t.add_row(r.backend, fmt(r.size_bytes and r.size_bytes / 1024, ",.0f"), r.status, fmt(r.accuracy, ".4f"),
-                  fmt(r.max_abs_diff, ".1e"), fmt(r.latency_ms_batch1, ".3f"), fmt(r.best_batch, ""),
-                  fmt(r.throughput_img_s, ",.0f"))
-    return t
+def bench_table(results: list, samples: int, title: str):
+    """``lenet-export bench`` results as a rich table."""
+    return results_table(results, samples, BENCH_COLUMNS, f"runtimes on {title}")

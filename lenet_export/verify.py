@@ -1,44 +1,34 @@
-"""Parity suite orchestration: data -> reference -> each backend -> parity rules -> report.
+"""Parity suite orchestration only: export folder -> data -> reference -> each backend -> parity rules -> report.
 
-``verify(opts)`` runs every requested backend (``lenet_export.backends``) on the whole test split, judges each
-one against the eager PyTorch reference with the rules in ``lenet_export.parity``, checks the metadata every
-artefact carries (``lenet_export.metadata``), and returns a typed ``Report`` (written to ``opts.report`` even
-when something fails). ``Report.check()`` turns the verdict into ``ParityError``.
+``verify(opts)`` loads the export (``artefacts``), runs every requested backend (``backends``) on the whole test
+split, judges each one against the eager PyTorch reference with the rules in ``parity``, checks the metadata
+every artefact carries, and returns a typed ``Report`` (written to ``opts.report`` even when something fails).
+``Report.check()`` turns the verdict into ``ParityError``. Localising a failure is the caller's choice
+(``opts.localise``, e.g. ``diff.attach``): this module imports no localiser.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from . import __version__, backends as registry
-from .backends import FLOAT, REFERENCE, Backend, Context, Fallback, Runner, Skip
+from .artefacts import Inputs, artefact_size, check_metadata, load_export, load_inputs
+from .backends import REFERENCE, Backend, Context, Fallback, Runner, Skip
 from .errors import ConfigError, first_line
-from .parity import (BATCH_INVARIANCE_SAMPLES, BATCH_INVARIANCE_SIZES, BUDGETS, Tolerance, batch_invariance, judge,
-                     judge_approximate, pairwise)
+from .parity import (BATCH_INVARIANCE_SAMPLES, BATCH_INVARIANCE_SIZES, BUDGETS, Failure, Tolerance, batch_invariance,
+                     judge, judge_approximate, pairwise)
 from .report import FAILED, PASSED, SKIPPED, BackendResult, Report, Timing
 
 EVAL_BATCH = 256  # the "full batch" of the whole-test-set pass and of the throughput figure: the best batch
 # size of eager torch in `lenet-export bench` on these 2-core machines (1000 ran it at half the speed: cache misses)
 LATENCY_RUNS = 50
-
-
-@dataclass
-class Inputs:
-    """One split, as each kind of backend takes it."""
-
-    float: np.ndarray  # normalised N x C x H x W
-    uint8: np.ndarray  # decoded images in model.raw.onnx's layout (N x H x W grey, N x H x W x C colour)
-    labels: np.ndarray
-
-    def for_backend(self, b: Backend) -> np.ndarray:
-        return self.float if b.input == FLOAT else self.uint8
 
 
 @dataclass
@@ -51,6 +41,8 @@ class VerifyOptions:
     tolerance: Tolerance = Tolerance()
     require_cuda: bool = False
     report: Path | None = None
+    # called after the parity pass as localise(report, context, inputs, tolerance); must not raise (diff.attach)
+    localise: Callable | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,18 +91,6 @@ def batch_plan(r: Runner) -> tuple[int, tuple[int, ...] | None]:
     return min(EVAL_BATCH, hi), tuple(s for s in BATCH_INVARIANCE_SIZES if s <= hi)
 
 
-COMPANIONS = {"model.xml": ("model.bin",), "model.int8.xml": ("model.int8.bin",)}  # files a runtime loads together with its artefact
-
-
-def artefact_size(exported: Path, artefact: str | None) -> tuple[str, int | None]:
-    """What a backend loads, as text, and its size on disk (None: the checkpoint, or missing files)."""
-    if artefact is None:
-        return "best.pth", None  # eager torch runs the checkpoint's weights; not a deployable artefact
-    files = [artefact, *COMPANIONS.get(artefact, ())]
-    paths = [exported / f for f in files]
-    return " + ".join(files), sum(p.stat().st_size for p in paths) if all(p.is_file() for p in paths) else None
-
-
 def open_backend(b: Backend, ctx: Context, require_cuda: bool) -> tuple[BackendResult, Runner | None]:
     res = BackendResult(b.name, SKIPPED, artefact=b.artefact, input=b.input)
     try:
@@ -119,11 +99,11 @@ def open_backend(b: Backend, ctx: Context, require_cuda: bool) -> tuple[BackendR
     except Skip as e:
         res.reason = str(e)
         if require_cuda and b.device == "cuda":
-            res.fail(f"--require-cuda: {e}")
+            res.fail(Failure("require-cuda", {"message": str(e)}))
     except Fallback as e:
-        res.fail(str(e))
+        res.fail(Failure("fallback", {"message": str(e)}))
     except Exception as e:  # a runtime that cannot load its artefact raises its own types: fail with one line
-        res.fail(f"cannot load {b.artefact or 'the checkpoint'}: {first_line(e)}")
+        res.fail(Failure("load", {"what": b.artefact or "the checkpoint", "message": first_line(e)}))
     return res, None
 
 
@@ -134,7 +114,7 @@ def evaluate(b: Backend, ctx: Context, inputs: Inputs, ref: np.ndarray | None, t
     if runner is None:
         return res, None
     res.runtime = runner.runtime
-    x = inputs.for_backend(b)
+    x = inputs.get(b.input)
     try:
         t, batch_times = time.perf_counter(), []
         full, sizes = batch_plan(runner)
@@ -144,11 +124,11 @@ def evaluate(b: Backend, ctx: Context, inputs: Inputs, ref: np.ndarray | None, t
         by_batch = None if sizes is None else {s: run_batched(runner, x[:k], s)[0] for s in sizes}
         timing = measure_timing(runner, x, batch_times) if measure else None
     except Exception as e:  # as above: the runtime's own error types, reported in one line
-        return res.fail(f"cannot run {b.artefact or 'the checkpoint'}: {first_line(e)}"), None
+        return res.fail(Failure("run", {"what": b.artefact or "the checkpoint", "message": first_line(e)})), None
     logits = outs[0]
     if logits.shape != (len(x), len(ctx.checkpoint["classes"])):
-        return res.fail(f"outputs {logits.shape[1:]} logits per sample; the model has "
-                        f"{len(ctx.checkpoint['classes'])} classes"), None
+        return res.fail(Failure("outputs", {"shape": tuple(logits.shape[1:]),
+                                            "classes": len(ctx.checkpoint["classes"])})), None
     if b.precision != "fp32" and ref is not None:
         j = judge_approximate(ref, logits, inputs.labels, BUDGETS[b.precision])
     else:
@@ -160,7 +140,7 @@ def evaluate(b: Backend, ctx: Context, inputs: Inputs, ref: np.ndarray | None, t
     res.timing = timing
     res.failures += j.failures
     if not res.batch_invariance.passed:
-        res.failures.append(f"not batch-invariant: max diff {res.batch_invariance.max_abs_diff:.3e} across batch sizes")
+        res.failures.append(Failure("batch-invariance", {"max_abs": res.batch_invariance.max_abs_diff}))
     res.status = FAILED if res.failures else PASSED
     return res, logits
 
@@ -181,43 +161,6 @@ def _check_report_path(path: Path | None) -> None:
         raise ConfigError(f"--report {path} cannot be written ({probe} is not a writable folder)")
 
 
-def load_artefacts(exported: Path, checkpoint: Path | None) -> tuple[dict, dict, Path, str]:
-    """Metadata of the export and the checkpoint it came from; refuse a pair that does not belong together."""
-    from .checkpoint import load_checkpoint
-    from .fsutil import sha256_file
-
-    meta_file = exported / "metadata.json"
-    if not (exported / "model.onnx").is_file() or not meta_file.is_file():
-        raise ConfigError(f"{exported} is not an export folder (missing model.onnx or metadata.json); "
-                          "run `lenet-export onnx` first")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{meta_file} is not valid JSON: {first_line(e)}") from None
-    if not isinstance(meta, dict):
-        raise ConfigError(f"{meta_file} holds a JSON {type(meta).__name__}, not the metadata object lenet-export writes")
-    ckpt_path = Path(checkpoint) if checkpoint else exported / "best.pth"
-    if not ckpt_path.is_file():
-        raise ConfigError(f"no checkpoint: pass --checkpoint (none at {ckpt_path})")
-    sha = sha256_file(ckpt_path)
-    if sha != meta.get("checkpoint_sha256"):
-        raise ConfigError(f"{exported} was not exported from {ckpt_path} (checkpoint sha256 {sha[:12]}... "
-                          f"vs recorded {str(meta.get('checkpoint_sha256'))[:12]}...)")
-    return meta, load_checkpoint(ckpt_path), ckpt_path, sha
-
-
-def load_inputs(name: str, ckpt: dict, data_dir: str | None, train: bool = False) -> tuple[Inputs, str]:
-    from .data import dataset_info, load_split, normalize, to_raw_layout
-
-    info = dataset_info(name)
-    if list(info.input_shape) != list(ckpt["input_shape"]):
-        raise ConfigError(f"data set {name} has {info.channels}x{info.size}x{info.size} images but the model "
-                          f"expects {'x'.join(map(str, ckpt['input_shape']))}")
-    split = load_split(name, train=train, data_dir=data_dir)
-    x = normalize(split.images, ckpt["mean"], ckpt["std"]).numpy()
-    return Inputs(x, to_raw_layout(split.images).numpy(), split.labels.numpy()), split.source
-
-
 def requested(names: tuple[str, ...] | None) -> list[Backend]:
     chosen = registry.names() if names is None else names
     return [registry.get(n) for n in dict.fromkeys([REFERENCE, *chosen])]
@@ -225,20 +168,19 @@ def requested(names: tuple[str, ...] | None) -> list[Backend]:
 
 def verify(opts: VerifyOptions, log=print) -> Report:
     """Run the suite and return the report (also written to ``opts.report``); ``Report.check()`` is the verdict."""
-    from .metadata import check_metadata
-
     _check_report_path(opts.report)
     chosen = requested(opts.backends)
-    exported = Path(opts.exported)
-    meta, ckpt, ckpt_path, sha = load_artefacts(exported, opts.checkpoint)
+    export = load_export(Path(opts.exported), opts.checkpoint)
+    ckpt = export.checkpoint
     name = opts.dataset or ckpt["dataset"]
     inputs, source = load_inputs(name, ckpt, opts.data_dir)
-    ctx = Context(exported, meta, ckpt)
+    ctx = Context(export.folder, export.metadata, ckpt)
     rep = Report(model=ckpt["model"], dataset=name, data_source=source, samples=len(inputs.labels),
-                 exported=str(exported), checkpoint=str(ckpt_path), checkpoint_sha256=sha, tolerance=opts.tolerance,
-                 reference=REFERENCE, created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                 exported=str(export.folder), checkpoint=str(export.checkpoint_path),
+                 checkpoint_sha256=export.checkpoint_sha256, tolerance=opts.tolerance, reference=REFERENCE,
+                 created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                  lenet_export_version=__version__)
-    rep.metadata = check_metadata(exported, ckpt, sha, meta, backends=[b.name for b in chosen])
+    rep.metadata = check_metadata(export, backends=[b.name for b in chosen])
     outputs: dict[str, np.ndarray] = {}
     for b in chosen:
         res, logits = evaluate(b, ctx, inputs, outputs.get(REFERENCE), opts.tolerance, require_cuda=opts.require_cuda)
@@ -246,13 +188,12 @@ def verify(opts: VerifyOptions, log=print) -> Report:
         if logits is not None:
             outputs[b.name] = logits
         log(f"{b.name:<17} {res.status:<7} " + (f"acc {res.accuracy:.4f}  max|diff| {res.logits.max_abs:.2e}  "
-                                                  if res.ran else "") + "; ".join(res.failures or [res.reason or ""]))
+                                                  if res.ran else "") + "; ".join(map(str, res.failures or [res.reason or ""])))
     if REFERENCE not in outputs:
         raise ConfigError(f"the reference ({REFERENCE}) could not run: {rep.backends[REFERENCE].reason}")
     rep.reference_accuracy = rep.backends[REFERENCE].accuracy
-    from .diff import attach
-
-    attach(rep, ctx, inputs, opts.tolerance)  # first diverging layer of each failed backend; never raises
+    if opts.localise:
+        opts.localise(rep, ctx, inputs, opts.tolerance)  # e.g. the first diverging layer of each failed backend
     rep.pairwise = pairwise(outputs)
     if opts.report:
         rep.write(opts.report)

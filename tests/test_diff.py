@@ -18,8 +18,8 @@ from onnx import numpy_helper
 from conftest import assert_clean_error, data_dir_for, run_cli
 from lenet_export.backends import Context
 from lenet_export.diff import attach, localise
-from lenet_export.diff.mapping import layer_map
-from lenet_export.verify import load_artefacts, load_inputs
+from lenet_export.artefacts import load_export, load_inputs
+from lenet_export.layermap import layer_map
 
 SAMPLES = 64
 # The stages of each model: every layer with weights, named as in the state dict.
@@ -54,7 +54,8 @@ def setups(exports, runs, classic_export, request):
             dataset = DATASET[model]
             folder, ckpt_path = (classic_export if model == "lenet-classic"
                                  else (exports(dataset), runs(dataset) / "best.pth"))
-            meta, ckpt, _, _ = load_artefacts(folder, ckpt_path)
+            export = load_export(folder, ckpt_path)
+            meta, ckpt = export.metadata, export.checkpoint
             inputs, _ = load_inputs(dataset, ckpt, str(data_dir_for(dataset, request)))
             cache[model] = (folder, meta, ckpt, inputs.float[:SAMPLES].copy(), inputs.uint8[:SAMPLES].copy())
         return cache[model]

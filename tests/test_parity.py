@@ -36,8 +36,8 @@ def test_near_tie_flip_is_listed_but_passes():
     assert j.flips[0].reference_margin == pytest.approx(0.05)
     assert j.argmax_agree == 2
     # the flip changes accuracy: that rule fires, the confident-flip rule does not
-    assert any("accuracy 0.6667 != reference 1.0000" in f for f in j.failures)
-    assert not any("confident" in f for f in j.failures)
+    assert [f.rule for f in j.failures] == ["accuracy"]
+    assert str(j.failures[0]) == "accuracy 0.6667 != reference 1.0000"  # the one rendering of a failure
 
 
 def test_confident_flip_fails():
@@ -47,10 +47,12 @@ def test_confident_flip_fails():
     j = judge(ref, out, np.tile(LABELS, 40), Tolerance(atol=100, rtol=0))
     # p99 of |diff| over 360 logits with one non-zero is 0, so the bound is 2 * atol... with atol 100 nothing
     # is confident: the bound is max(p99, atol) * 2 = 200 > 10.
-    assert not any("confident" in f for f in j.failures)
+    assert "confident-flips" not in [f.rule for f in j.failures]
     j = judge(ref, out, np.tile(LABELS, 40), Tolerance(atol=1, rtol=0))
     assert confident_bound(j.logits, Tolerance(atol=1, rtol=0)) == 2.0
-    assert any("1 confident predictions changed class (e.g. sample 2, reference margin 10)" in f for f in j.failures)
+    flips = [f for f in j.failures if f.rule == "confident-flips"]
+    assert len(flips) == 1 and flips[0].sample == 2 and flips[0].numbers["count"] == 1
+    assert flips[0].numbers["margin"] == pytest.approx(10)
 
 
 def test_nan_and_inf_fail():
@@ -58,7 +60,8 @@ def test_nan_and_inf_fail():
     out[0, 1] = np.nan
     out[2, 0] = np.inf
     j = judge(REF, out, LABELS, Tolerance())
-    assert j.nonfinite == 2 and j.failures == ["2 NaN or Inf values in the outputs"]
+    assert j.nonfinite == 2 and [(f.rule, f.numbers) for f in j.failures] == [("nonfinite", {"count": 2})]
+    assert str(j.failures[0]) == "2 NaN or Inf values in the outputs"
     assert math.isinf(j.logits.max_abs)
     probs = np.full((3, 3), np.nan)
     j = judge(REF, REF.copy(), LABELS, Tolerance(), probabilities=probs)
@@ -70,7 +73,7 @@ def test_probabilities_must_be_softmax_of_logits():
     good = e / e.sum(1, keepdims=True)
     assert judge(REF, REF.copy(), LABELS, Tolerance(), probabilities=good).failures == []
     bad = good[:, ::-1].copy()
-    assert any("probabilities differ" in f for f in judge(REF, REF.copy(), LABELS, Tolerance(), probabilities=bad).failures)
+    assert [f.rule for f in judge(REF, REF.copy(), LABELS, Tolerance(), probabilities=bad).failures] == ["probabilities"]
 
 
 def test_batch_invariance_by_hand():
@@ -117,9 +120,11 @@ def test_approximate_budget_and_confident_flip():
     k = int(np.argmax(np.sort(ref, 1)[:, -1] - np.sort(ref, 1)[:, -2]))
     out[k] = ref[k][::-1]
     j = judge_approximate(ref, out, labels, Budget(0.005))
-    assert any(f.startswith("1 confident predictions changed class") and f"sample {k}" in f for f in j.failures)
+    flips = [f for f in j.failures if f.rule == "confident-flips"]
+    assert [(f.sample, f.numbers["count"]) for f in flips] == [(k, 1)], j.failures
     # accuracy: 0.4% drop fits a 0.5-point budget, not a 0.3-point one
     out = ref.copy()
     out[:4] = ref[:4, ::-1]
-    assert not any("points below" in f for f in judge_approximate(ref, out, labels, Budget(0.005)).failures)
-    assert any("0.40 points below" in f for f in judge_approximate(ref, out, labels, Budget(0.003)).failures)
+    assert "accuracy-drop" not in [f.rule for f in judge_approximate(ref, out, labels, Budget(0.005)).failures]
+    drop = [f for f in judge_approximate(ref, out, labels, Budget(0.003)).failures if f.rule == "accuracy-drop"]
+    assert len(drop) == 1 and drop[0].numbers["drop"] == pytest.approx(0.4) and "0.40 points below" in str(drop[0])

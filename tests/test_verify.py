@@ -87,7 +87,7 @@ def test_cli_passes_and_writes_report(runs, exports, fmnist_dir, tmp_path):
     assert "copies agree with the checkpoint" in r.stdout and "no sample changes class" in r.stdout
     rep = json.loads((tmp_path / "r.json").read_text())
     assert set(rep["backends"]) == {"torch-cpu", "ort-cpu", "ort-cpu-raw", "ort-cuda"} and rep["passed"] is True
-    assert rep["report_format"] == 2 and rep["metadata"]["passed"] is True
+    assert rep["report_format"] == 3 and rep["metadata"]["passed"] is True
     assert rep["pairwise"]["backends"] == ["torch-cpu", "ort-cpu", "ort-cpu-raw"]
     for key in ("checkpoint_sha256", "dataset", "data_source", "samples", "tolerance", "reference", "reference_accuracy"):
         assert key in rep
@@ -136,7 +136,7 @@ def test_tolerance_breach_fails_and_names_backend(runs, exports, fmnist_dir, tmp
     assert "parity failed for ort-cpu" in r.stderr and "torchscript-cpu" not in r.stderr
     rep = _report(tmp_path)
     assert rep["passed"] is False and rep["backends"]["ort-cpu"]["status"] == "failed"
-    assert "logits differ" in rep["backends"]["ort-cpu"]["failures"][0]
+    assert rep["backends"]["ort-cpu"]["failures"][0]["rule"] == "logits"
     assert rep["backends"]["torchscript-cpu"]["status"] == "passed"
 
 
@@ -146,7 +146,7 @@ def test_accuracy_change_fails_even_within_a_loose_tolerance(runs, exports, fmni
     r = _cli(bad, runs, fmnist_dir, "--backends", "ort-cpu", "--atol", "1000", "--report", tmp_path / "r.json")
     assert r.exit_code == 1, r.output
     fails = _report(tmp_path)["backends"]["ort-cpu"]["failures"]
-    assert any(f.startswith("accuracy ") for f in fails) and not any("logits differ" in f for f in fails)
+    assert "accuracy" in [f["rule"] for f in fails] and "logits" not in [f["rule"] for f in fails]
     assert "class flips torch-cpu | ort-cpu: " in r.stdout
 
 
@@ -155,7 +155,9 @@ def test_nan_output_fails(runs, exports, fmnist_dir, tmp_path):
     _edit_onnx(bad / "model.raw.onnx", lambda m: _set_weights(m, lambda a: a.__setitem__(..., np.nan)))
     r = _cli(bad, runs, fmnist_dir, "--backends", "ort-cpu-raw", "--report", tmp_path / "r.json")
     assert r.exit_code == 1
-    assert _report(tmp_path)["backends"]["ort-cpu-raw"]["failures"][0] == "200000 NaN or Inf values in the outputs"
+    f = _report(tmp_path)["backends"]["ort-cpu-raw"]["failures"][0]
+    assert f["rule"] == "nonfinite" and f["numbers"] == {"count": 200000}
+    assert f["text"] == "200000 NaN or Inf values in the outputs"
 
 
 def _batch_dependent(m):
@@ -174,7 +176,7 @@ def test_batch_variance_fails(runs, exports, fmnist_dir, tmp_path):
     _edit_onnx(bad / "model.onnx", _batch_dependent)
     r = _cli(bad, runs, fmnist_dir, "--backends", "ort-cpu", "--report", tmp_path / "r.json")
     assert r.exit_code == 1, r.output
-    assert any("not batch-invariant" in f for f in _report(tmp_path)["backends"]["ort-cpu"]["failures"])
+    assert "batch-invariance" in [f["rule"] for f in _report(tmp_path)["backends"]["ort-cpu"]["failures"]]
 
 
 def _reverse_classes(props):

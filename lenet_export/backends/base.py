@@ -2,6 +2,7 @@
 
 A backend says which artefact and package it needs and on which device it runs, and ``open`` returns a
 ``Runner``: a function from one input batch to the artefact's outputs (logits first), plus what actually ran.
+Optionally, ``probe`` opens a ``Probe``: the same runtime with its intermediate values exposed, for ``diff``.
 A backend that cannot run on this machine raises ``Skip`` with the reason (and the install command where a
 package is missing); one that runs on something other than it claims raises ``Fallback``. Any other
 exception from ``open`` or ``run`` fails the backend with its first line.
@@ -17,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..artefacts import FLOAT, UINT8  # noqa: F401 (re-exported: the kinds of input a backend takes)
 
 class Skip(Exception):
     """The backend cannot run on this machine; the message says why."""
@@ -30,9 +32,6 @@ class BatchRangeError(ValueError):
     """A batch size the artefact was not exported for (a fixed batch, or outside a bounded dynamic range)."""
 
 
-FLOAT, UINT8 = "float", "uint8"  # float: normalised N x C x H x W; uint8: decoded images (model.raw.onnx layout)
-
-
 @dataclass
 class Context:
     """What a backend may use: the export folder, its metadata and the checkpoint it came from."""
@@ -42,23 +41,34 @@ class Context:
     checkpoint: dict
 
     def artefact(self, name: str) -> Path:
-        """The artefact's path; ``Skip`` when the export deliberately left it out (``--formats``), an error
-        when it should be there and is not."""
-        formats = self.metadata.get("formats")
-        if isinstance(formats, dict) and not any(name in files for files in formats.values()):
-            from ..formats import registry
+        """The artefact's path; ``Skip`` when the export deliberately left it out (``--formats``, or a variant
+        ``quantize`` did not make), an error when it should be there and is not."""
+        listed = self.metadata.get("formats")
+        if isinstance(listed, dict) and not any(name in files for files in listed.values()):
+            from ..formats import QUANTIZE, owner
 
-            fmt = next((f.name for f in registry().values() if name in f.files), None)
-            if fmt is None:  # a reduced-precision variant
-                extra = " with the openvino extra" if name.endswith(".xml") else ""
-                raise Skip(f"the export has no {name} (lenet-export quantize --exported {self.exported}{extra})")
-            why = (self.metadata.get("skipped_formats") or {}).get(fmt)
-            raise Skip(f"the export has no {name} (format {fmt}: {why or 'not requested'}; "
-                       f"lenet-export onnx --formats {fmt})")
+            fmt = owner(name)
+            if fmt is None or fmt.stage == QUANTIZE:
+                how = f" (with {fmt.install})" if fmt and fmt.missing() else ""
+                raise Skip(f"the export has no {name} (lenet-export quantize --exported {self.exported}{how})")
+            why = (self.metadata.get("skipped_formats") or {}).get(fmt.name)
+            raise Skip(f"the export has no {name} (format {fmt.name}: {why or 'not requested'}; "
+                       f"lenet-export onnx --formats {fmt.name})")
         path = self.exported / name
         if not path.is_file():
             raise FileNotFoundError(f"missing artefact {name} in {self.exported}")
         return path
+
+
+@dataclass
+class Probe:
+    """A runtime with its intermediate values exposed (``lenet-export diff``)."""
+
+    artefact: str
+    points: dict[str, str]  # torch module path (or ``input``) -> runtime tensor name, in execution order
+    run: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]  # (float, uint8) batch -> {tensor: value}
+    runtime: str  # what ran, in words
+    notes: list[str] = field(default_factory=list)  # what the probe changed to see inside (shown with the table)
 
 
 @dataclass
@@ -99,6 +109,7 @@ class Backend:
     device: str = "cpu"
     input: str = FLOAT
     precision: str = "fp32"  # fp32: the strict rules; fp16 / int8: an approximate variant (parity.BUDGETS)
+    probe: Callable[[Context], Probe] | None = field(default=None, compare=False, repr=False)  # for diff
 
     def require_package(self) -> None:
         if importlib.util.find_spec(self.package) is None:

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..metadata import load_pte
+from ..formats.executorch import DELEGATE, INSTALL, load_pte
 from ..native import captured_stderr
 from .base import Backend, Context, Runner, cpu_name
-
-INSTALL = "pip install 'lenet-export[executorch]'"
-DELEGATE = "XnnpackBackend"
 
 
 def _open(ctx: Context) -> Runner:

@@ -1,7 +1,9 @@
 """ONNX Runtime: ``model.onnx`` (normalised float input) and ``model.raw.onnx`` (uint8 images in, logits
-and probabilities out), each on the CPU and the CUDA execution provider.
+and probabilities out), each on the CPU and the CUDA execution provider, and the FP16 / INT8 variants on the CPU.
 
 A CUDA session whose providers show it fell back to CPU fails (``Fallback``): it must never pass as CUDA.
+The diff probe adds the mapped tensors (``layermap``) as graph outputs of an in-memory copy of the model (their
+types from the graph's ``value_info``, i.e. shape inference at export time).
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ort_session
-from .base import UINT8, Backend, Context, Fallback, Runner, Skip, cpu_name, cuda_device
+from ..errors import ArtefactError
+from ..formats import check_calibration, owner
+from .base import FLOAT, UINT8, Backend, Context, Fallback, Probe, Runner, Skip, cpu_name, cuda_device
 
 INSTALL_CPU = "pip install 'lenet-export[cpu]' (onnxruntime)"
 INSTALL_GPU = "pip install 'lenet-export[gpu]' (onnxruntime-gpu instead of onnxruntime)"
@@ -19,18 +23,22 @@ def _open(artefact: str, device: str):
     def open_(ctx: Context) -> Runner:
         import onnxruntime as ort
 
+        from ..formats.onnx import read_onnx_metadata
+
         if device == "cuda":
             gpu = cuda_device()
             if ort_session.CUDA not in ort_session.available_providers():
                 raise Skip(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider ({INSTALL_GPU})")
-        sess = ort_session.open_session(ctx.artefact(artefact), device)
+        path = ctx.artefact(artefact)
+        if owner(artefact).variant_of:  # a variant calibrated on anything but the training split is refused
+            check_calibration(read_onnx_metadata(path).get("calibration"))
+        sess = ort_session.open_session(path, device)
         used = ort_session.used_providers(sess)
         info = {"onnxruntime": ort.__version__, "providers": used}
         if device == "cuda":
             if not used or used[0] != ort_session.CUDA:
                 raise Fallback(f"ONNX Runtime CUDA session fell back to CPU (session providers: {used})")
-            tf32 = ort_session.cuda_tf32(sess)
-            info |= {"device": gpu, "tf32": tf32}
+            info |= {"device": gpu, "tf32": ort_session.cuda_tf32(sess)}
         else:
             info["device"] = cpu_name()
         input_name = sess.get_inputs()[0].name
@@ -42,27 +50,41 @@ def _open(artefact: str, device: str):
     return open_
 
 
-def _open_variant(artefact: str):
-    """A reduced-precision variant: refused when calibrated on anything but the training split."""
-    open_ = _open(artefact, "cpu")
+def _probe(artefact: str, device: str, raw: bool = False):
+    def open_(ctx: Context) -> Probe:
+        import onnx
+        import onnxruntime as ort
 
-    def check(ctx: Context) -> Runner:
-        from ..metadata import read_onnx_metadata
-        from ..quantize import check_calibration
+        from ..layermap import recorded_map, with_outputs
 
-        check_calibration(read_onnx_metadata(ctx.artefact(artefact)).get("calibration"))
-        return open_(ctx)
-    return check
+        if device == "cuda":
+            cuda_device()
+        proto = onnx.load(str(ctx.artefact(artefact)))
+        points = recorded_map(ctx.metadata, artefact, proto, quantized=owner(artefact).variant_of is not None)
+        names = list(dict.fromkeys(points.values()))
+        sess = ort_session.open_session(with_outputs(proto, names).SerializeToString(), device)
+        used = ort_session.used_providers(sess)
+        if device == "cuda" and used[0] != ort_session.CUDA:
+            raise ArtefactError(f"ONNX Runtime CUDA session fell back to CPU (providers: {used})")
+        feed = sess.get_inputs()[0].name
+
+        def run(xf: np.ndarray, xu: np.ndarray) -> dict[str, np.ndarray]:
+            return dict(zip(names, sess.run(names, {feed: xu if raw else xf})))
+        return Probe(artefact, points, run, f"onnxruntime {ort.__version__} {used[0]}")
+    return open_
+
+
+def _backend(name: str, artefact: str, device: str = "cpu", raw: bool = False, precision: str = "fp32") -> Backend:
+    return Backend(name, artefact, "onnxruntime", INSTALL_GPU if device == "cuda" else INSTALL_CPU,
+                   _open(artefact, device), device=device, input=UINT8 if raw else FLOAT, precision=precision,
+                   probe=_probe(artefact, device, raw))
 
 
 BACKENDS = (
-    Backend("ort-cpu", "model.onnx", "onnxruntime", INSTALL_CPU, _open("model.onnx", "cpu")),
-    Backend("ort-cpu-fp16", "model.fp16.onnx", "onnxruntime", INSTALL_CPU, _open_variant("model.fp16.onnx"),
-            precision="fp16"),
-    Backend("ort-cpu-int8", "model.int8.onnx", "onnxruntime", INSTALL_CPU, _open_variant("model.int8.onnx"),
-            precision="int8"),
-    Backend("ort-cpu-raw", "model.raw.onnx", "onnxruntime", INSTALL_CPU, _open("model.raw.onnx", "cpu"), input=UINT8),
-    Backend("ort-cuda", "model.onnx", "onnxruntime", INSTALL_GPU, _open("model.onnx", "cuda"), device="cuda"),
-    Backend("ort-cuda-raw", "model.raw.onnx", "onnxruntime", INSTALL_GPU, _open("model.raw.onnx", "cuda"),
-            device="cuda", input=UINT8),
+    _backend("ort-cpu", "model.onnx"),
+    _backend("ort-cpu-fp16", "model.fp16.onnx", precision="fp16"),
+    _backend("ort-cpu-int8", "model.int8.onnx", precision="int8"),
+    _backend("ort-cpu-raw", "model.raw.onnx", raw=True),
+    _backend("ort-cuda", "model.onnx", device="cuda"),
+    _backend("ort-cuda-raw", "model.raw.onnx", device="cuda", raw=True),
 )

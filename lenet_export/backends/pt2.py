@@ -1,9 +1,12 @@
-"""torch.export: ``model.pt2`` loaded with ``torch.export.load`` and run as its ``module()`` on CPU."""
+"""torch.export: ``model.pt2`` loaded with ``torch.export.load`` and run as its ``module()`` on CPU. The diff probe:
+``torch.export.unflatten`` restores the module tree; forward hooks on its leaves."""
 
 from __future__ import annotations
 
-from .base import Backend, Context, Runner
-from .torch_eager import INSTALL, module_runner
+import numpy as np
+
+from .base import Backend, Context, Probe, Runner
+from .torch_eager import INSTALL, hooked, leaves, module_runner
 
 
 def _open(ctx: Context) -> Runner:
@@ -15,4 +18,18 @@ def _open(ctx: Context) -> Runner:
     return runner
 
 
-BACKENDS = (Backend("pt2-cpu", "model.pt2", "torch", INSTALL, _open),)
+def _probe(ctx: Context) -> Probe:
+    import torch
+
+    program = torch.export.load(str(ctx.artefact("model.pt2")))
+    module = torch.export.unflatten(program)
+    run_t = hooked(module, leaves(module))
+    c, h, w = ctx.checkpoint["input_shape"]
+    fired = list(run_t(torch.zeros(2, c, h, w)))  # leaves that run, in order (a no-op module has no node)
+
+    def run(xf: np.ndarray, xu: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in run_t(torch.from_numpy(xf)).items()}
+    return Probe("model.pt2", dict(zip(fired, fired)), run, f"torch.export {torch.__version__} unflattened, cpu")
+
+
+BACKENDS = (Backend("pt2-cpu", "model.pt2", "torch", INSTALL, _open, probe=_probe),)

@@ -1,9 +1,12 @@
 """Eager PyTorch on the checkpoint: ``torch-cpu`` (the reference every other backend is judged against)
-and ``torch-cuda`` (TF32 off)."""
+and ``torch-cuda`` (TF32 off). Also the torch helpers the other torch runtimes share: a ``Runner`` for any
+module, and forward hooks on a module's leaves (``diff``'s reference and the ``.pt2`` probe)."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from typing import Callable
 
 from .base import Backend, Context, Runner, cpu_name, cuda_device
 
@@ -38,6 +41,27 @@ def module_runner(module, device: str, to_eval: bool = True) -> Runner:
     if device == "cuda":
         info |= tf32_off()
     return Runner(run, info, torch.cuda.synchronize if device == "cuda" else (lambda: None))
+
+
+def leaves(module) -> list[str]:
+    return [n for n, m in module.named_modules() if n and not list(m.children())]
+
+
+def hooked(module, names: list[str]) -> Callable:
+    """``run(x) -> {leaf path: output}`` with forward hooks on ``module``'s leaves (torch eager, pt2)."""
+    import torch
+
+    mods = dict(module.named_modules())
+    acts: dict = {}
+    for n in names:
+        mods[n].register_forward_hook(lambda _m, _i, out, n=n: acts.__setitem__(n, out.detach().float().cpu()))
+
+    def run(x: torch.Tensor) -> dict:
+        acts.clear()
+        with torch.inference_mode():
+            module(x)
+        return dict(acts)
+    return run
 
 
 def _open(device: str):

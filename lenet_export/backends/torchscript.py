@@ -1,11 +1,17 @@
-"""TorchScript: ``model.pt`` loaded with ``torch.jit.load`` on CPU and CUDA."""
+"""TorchScript: ``model.pt`` loaded with ``torch.jit.load`` on CPU and CUDA.
+
+The diff probe: a ScriptModule takes no forward hooks, so its submodules are run one after the other
+(``named_children``, recursively); the result must equal the module's own forward."""
 
 from __future__ import annotations
 
 import warnings
 
-from .base import Backend, Context, Runner, Skip, cuda_device
-from .torch_eager import INSTALL, module_runner
+import numpy as np
+
+from ..errors import ArtefactError
+from .base import Backend, Context, Probe, Runner, Skip, cuda_device
+from .torch_eager import INSTALL, leaves, module_runner
 
 
 def _open(device: str):
@@ -23,7 +29,40 @@ def _open(device: str):
     return open_
 
 
+def _probe(device: str):
+    def open_(ctx: Context) -> Probe:
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if device == "cuda":
+                cuda_device()
+            m = torch.jit.load(str(ctx.artefact("model.pt")), map_location=device).eval()
+
+        def chain(mod, x, path: str, acts: dict):
+            children = list(mod.named_children())
+            if not children:
+                acts[path] = y = mod(x)
+                return y
+            for name, child in children:
+                x = chain(child, x, f"{path}.{name}" if path else name, acts)
+            return x
+
+        def run(xf: np.ndarray, xu: np.ndarray) -> dict[str, np.ndarray]:
+            acts: dict = {}
+            with torch.inference_mode():
+                x = torch.from_numpy(xf).to(device)
+                y, whole = chain(m, x, "", acts), m(x)
+            if y.shape != whole.shape or not torch.allclose(y, whole, rtol=1e-5, atol=1e-5):
+                raise ArtefactError("model.pt's forward is not its submodules run in order; cannot localise")
+            return {k: v.float().cpu().numpy() for k, v in acts.items()}
+        names = leaves(m)
+        return Probe("model.pt", dict(zip(names, names)), run, f"torch.jit {torch.__version__} {device}")
+    return open_
+
+
 BACKENDS = (
-    Backend("torchscript-cpu", "model.pt", "torch", INSTALL, _open("cpu")),
-    Backend("torchscript-cuda", "model.pt", "torch", INSTALL, _open("cuda"), device="cuda"),
+    Backend("torchscript-cpu", "model.pt", "torch", INSTALL, _open("cpu"), probe=_probe("cpu")),
+    Backend("torchscript-cuda", "model.pt", "torch", INSTALL, _open("cuda"), device="cuda",
+            probe=_probe("cuda")),
 )

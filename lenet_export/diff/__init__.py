@@ -3,12 +3,13 @@
     lenet-export diff --exported DIR --backend ort-cpu [--samples 64] [--json FILE]
 
 The first ``samples`` test images run through eager PyTorch with forward hooks on every leaf module and
-through the backend's runtime with its intermediate values exposed (``probes``); the runtime's tensors are
-matched to torch modules by the names the exporter records (``mapping``). Each comparable point gets max and
+through the backend's runtime with its intermediate values exposed (the backend's ``probe``); the runtime's
+tensors are matched to torch modules by the names the exporter records (``lenet_export.layermap``). Each comparable point gets max and
 mean |Δ|, relative L2 error and SQNR, accumulated batch by batch (``stats``); the first point beyond the
 parity tolerance (``parity.Tolerance``, same defaults as verify) is ``first_divergent_layer``.
 
-``verify`` calls ``attach`` for every failing backend that diff supports; it never raises.
+``verify`` is given ``attach`` by its callers (``VerifyOptions.localise``) and runs it after the parity pass:
+it localises every failing backend that has a probe, and never raises. Nothing here imports ``verify``.
 """
 
 from __future__ import annotations
@@ -19,18 +20,26 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import backends as registry
 from ..backends import Context, Skip
+from ..backends.torch_eager import hooked, leaves
 from ..errors import ConfigError, first_line
+from ..layermap import INPUT
 from ..parity import Tolerance
-from .mapping import INPUT
-from .probes import PROBES, hooked, leaves, open_probe, require_supported, supports
 from .stats import Accumulator, LayerStats
 
 DEFAULT_SAMPLES = 64
 BATCH = 64  # activations of one batch at a time: memory does not grow with --samples
 
-__all__ = ["DEFAULT_SAMPLES", "DiffOptions", "DiffResult", "LayerStats", "PROBES", "attach", "diff", "localise",
-           "supports"]
+__all__ = ["DEFAULT_SAMPLES", "DiffOptions", "DiffResult", "LayerStats", "attach", "diff", "localise",
+           "require_supported"]
+
+
+def require_supported(backend: str) -> None:
+    """``backend`` exists and its runtime exposes intermediate values (it has a probe)."""
+    if registry.get(backend).probe is None:
+        raise ConfigError(f"diff does not support backend {backend!r} (its runtime exposes no intermediate "
+                          f"values here); supported: {', '.join(registry.probed())}")
 
 
 @dataclass
@@ -90,12 +99,13 @@ def localise(backend: str, ctx: Context, x_float: np.ndarray, x_uint8: np.ndarra
     """Compare ``backend``'s intermediate values with eager PyTorch's on these samples, point by point."""
     import torch
 
-    from .. import backends as registry
     from ..checkpoint import model_from_checkpoint
 
-    try:  # diff() and attach() have checked that diff supports the backend
-        registry.get(backend).require_package()
-        probe = open_probe(backend, ctx)
+    require_supported(backend)
+    b = registry.get(backend)
+    try:
+        b.require_package()
+        probe = b.probe(ctx)
     except Skip as e:
         raise ConfigError(f"{backend} cannot run here: {e}") from None
     model = model_from_checkpoint(ctx.checkpoint)
@@ -113,7 +123,7 @@ def localise(backend: str, ctx: Context, x_float: np.ndarray, x_uint8: np.ndarra
         for a in accs:
             a.add(ref[a.s.layer], out[a.s.tensor])
     res = DiffResult(backend, probe.artefact, probe.runtime, len(x_float), tol, [a.finish() for a in accs],
-                     notes=notes)
+                     notes=[*probe.notes, *notes])
     if (first := res.first) is not None:
         res.first_divergent_layer, res.first_divergent_modules = first.layer, list(first.modules)
     return res
@@ -121,23 +131,24 @@ def localise(backend: str, ctx: Context, x_float: np.ndarray, x_uint8: np.ndarra
 
 def diff(opts: DiffOptions) -> DiffResult:
     """``lenet-export diff``: load the export, its checkpoint and the first ``opts.samples`` test images."""
-    from ..verify import load_artefacts, load_inputs
+    from ..artefacts import load_export, load_inputs
 
     require_supported(opts.backend)
     if not isinstance(opts.samples, int) or opts.samples < 1:
         raise ConfigError(f"--samples must be a positive integer, got {opts.samples}")
-    exported = Path(opts.exported)
-    meta, ckpt, _, _ = load_artefacts(exported, opts.checkpoint)
+    export = load_export(Path(opts.exported), opts.checkpoint)
+    ckpt = export.checkpoint
     inputs, _ = load_inputs(ckpt["dataset"], ckpt, opts.data_dir)
     n = min(opts.samples, len(inputs.labels))
-    return localise(opts.backend, Context(exported, meta, ckpt), inputs.float[:n], inputs.uint8[:n], opts.tolerance)
+    return localise(opts.backend, Context(export.folder, export.metadata, ckpt), inputs.float[:n], inputs.uint8[:n],
+                    opts.tolerance)
 
 
 def attach(report, ctx: Context, inputs, tol: Tolerance, samples: int = DEFAULT_SAMPLES) -> None:
     """For ``verify``: localise every failed backend that ran and that diff supports, into its
     ``layer_diff`` (the table, or ``{"error": ...}``). Never raises: diff must not take verify down."""
     for name, res in report.backends.items():
-        if res.status != "failed" or not res.ran or not supports(name):
+        if res.status != "failed" or not res.ran or registry.get(name).probe is None:
             continue
         try:
             res.layer_diff = localise(name, ctx, inputs.float[:samples], inputs.uint8[:samples], tol).to_dict()

@@ -13,13 +13,40 @@ The metadata is stored in the program itself, as the constant method ``metadata`
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from ..metadata import PTE_METADATA_METHOD
-from .base import Format, Target
+from .base import Format, MetadataCopy, Target
 
 INSTALL = "pip install 'lenet-export[executorch]'"
+PTE_METADATA_METHOD = "metadata"  # the constant method of a .pte program that returns the metadata as JSON
+DELEGATE = "XnnpackBackend"
 BATCH_RANGE = (1, 1024)
 EXAMPLE_BATCH = 32
+
+
+def load_pte(path: Path, delegate: str | None = None):
+    """(ExecuTorch ``Program``, its metadata) by ExecuTorch's runtime: the one place that opens a .pte, for the
+    metadata check and the ``executorch-cpu`` backend. ``delegate``: a backend the runtime must have."""
+    from ..native import captured_stderr, executorch_imports
+
+    with executorch_imports():
+        from executorch.runtime import Runtime
+
+    with captured_stderr():  # the runtime's CPU probe logs a few lines when it starts
+        runtime = Runtime.get()
+        if delegate and not runtime.backend_registry.is_available(delegate):
+            raise RuntimeError(f"this ExecuTorch build has no {delegate} (registered: "
+                               f"{', '.join(runtime.backend_registry.registered_backend_names)})")
+        program = runtime.load_program(Path(path))
+        missing = {"forward", PTE_METADATA_METHOD} - set(program.method_names)
+        if missing:
+            raise ValueError(f"the program has no method {sorted(missing)[0]!r} (not written by lenet-export?)")
+        return program, json.loads(program.load_method(PTE_METADATA_METHOD).execute([])[0])
+
+
+def read_pte_metadata(path: Path) -> dict:
+    """What the constant method ``metadata`` of a .pte program returns."""
+    return load_pte(path)[1]
 
 
 def _write(t: Target) -> dict:
@@ -36,7 +63,7 @@ def _write(t: Target) -> dict:
     sample = torch.zeros(EXAMPLE_BATCH, *t.sample.shape[1:])
     batch = torch.export.Dim("batch", min=BATCH_RANGE[0], max=BATCH_RANGE[1])
     program = torch.export.export(t.model, (sample,), dynamic_shapes=({0: batch},))
-    info = {"batch_range": list(BATCH_RANGE), "delegate": "XnnpackBackend", "executorch": __version__}
+    info = {"batch_range": list(BATCH_RANGE), "delegate": DELEGATE, "executorch": __version__}
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
                                        constant_methods={PTE_METADATA_METHOD: json.dumps({**t.metadata, **info})})
     # What XNNPACK does not take runs in ExecuTorch's portable kernels: here the flatten between the
@@ -49,4 +76,8 @@ def _write(t: Target) -> dict:
     return {"model.pte": info}
 
 
-FORMATS = (Format("executorch", ("model.pte",), _write, package="executorch", install=INSTALL),)
+# The copy is read only when executorch-cpu runs: ExecuTorch's Python runtime imports its whole compiler (7 s).
+FORMATS = (Format("executorch", ("model.pte",), _write, package="executorch", install=INSTALL,
+                  batch_range=BATCH_RANGE, summary="ExecuTorch program lowered to XNNPACK",
+                  metadata=MetadataCopy(f"{PTE_METADATA_METHOD}()", read_pte_metadata, package="executorch",
+                                        read_with="executorch-cpu")),)

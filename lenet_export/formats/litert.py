@@ -13,16 +13,30 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
 
-from ..metadata import TFLITE_METADATA_KEY
 from ..native import captured_stderr
-from .base import Format, Target
+from .base import Format, MetadataCopy, Target
 
 INSTALL = "pip install 'lenet-export[litert]'"
 BATCH = 1
+TFLITE_METADATA_KEY = "lenet_export"  # the name of the entry in a .tflite file's metadata table
+
+
+def read_tflite_metadata(path: Path) -> dict:
+    """The ``lenet_export`` entry of a .tflite file's metadata table; torch-free (LiteRT's flatbuffer schema)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = Path(path).read_bytes()
+    model = schema.Model.GetRootAs(buf, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == TFLITE_METADATA_KEY.encode():
+            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+    raise ValueError(f"no {TFLITE_METADATA_KEY!r} entry in its metadata table")
 
 
 def with_metadata(model_bytes: bytes, metadata: dict) -> bytes:
@@ -54,4 +68,6 @@ def _write(t: Target) -> dict:
     return {"model.tflite": info}
 
 
-FORMATS = (Format("litert", ("model.tflite",), _write, package="litert_torch", install=INSTALL),)
+FORMATS = (Format("litert", ("model.tflite",), _write, package="litert_torch", install=INSTALL,
+                  batch_range=(BATCH, BATCH), summary="LiteRT (TensorFlow Lite) flatbuffer",
+                  metadata=MetadataCopy(TFLITE_METADATA_KEY, read_tflite_metadata, package="ai_edge_litert")),)

@@ -7,9 +7,19 @@ from __future__ import annotations
 import io
 import warnings
 
+from pathlib import Path
+
 from ..errors import ExportError, first_line
-from ..metadata import metadata_props
-from .base import Format, Target
+from ..metadata import metadata_props, parse_prop
+from .base import Format, MetadataCopy, Target
+
+
+def read_onnx_metadata(path: Path) -> dict:
+    """The ``metadata_props`` of an ONNX file, values decoded (torch-free)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: parse_prop(p.value) for p in model.metadata_props}
 
 
 def to_onnx(module, sample, path, input_name: str, output_names: list[str], t: Target, meta: dict):
@@ -47,14 +57,14 @@ def to_onnx(module, sample, path, input_name: str, output_names: list[str], t: T
 
 
 def _float(t: Target) -> dict:
-    from ..diff.mapping import layer_map
+    from ..layermap import layer_map
 
     proto = to_onnx(t.model, t.sample, t.folder / "model.onnx", "input", ["logits"], t, t.metadata)
     return {"layer_map": layer_map(proto)}  # torch module -> ONNX tensor, for `lenet-export diff`
 
 
 def _raw(t: Target) -> dict:
-    from ..diff.mapping import layer_map
+    from ..layermap import layer_map
 
     m = t.metadata
     meta = {**m, "input_name": "images", "input_layout": m["raw_input_layout"], "input_shape": m["raw_input_shape"],
@@ -64,7 +74,13 @@ def _raw(t: Target) -> dict:
     return {"raw_layer_map": layer_map(proto, prefix="model.")}
 
 
+PROPS = MetadataCopy("metadata_props", read_onnx_metadata, package="onnx")
+
 FORMATS = (
-    Format("onnx", ("model.onnx",), _float, required=True),
-    Format("raw-onnx", ("model.raw.onnx",), _raw, required=True),
+    Format("onnx", ("model.onnx",), _float, required=True, metadata=PROPS,
+           summary="ONNX, float32 `input` N x C x H x W (normalised) -> `logits`"),
+    Format("raw-onnx", ("model.raw.onnx",), _raw, required=True,
+           metadata=MetadataCopy("metadata_props", read_onnx_metadata, package="onnx", raw=True),
+           summary="ONNX, uint8 `images` as an image decoder gives them -> `logits`, `probabilities` "
+                   "(normalisation inside)"),
 )

@@ -1,6 +1,7 @@
 """OpenVINO IR: ``model.xml`` + ``model.bin`` in FP32, converted from ``model.onnx`` (which keeps the input
 and output names; converting the torch module would go through ``torch.jit.trace`` and rename the input).
-The metadata is stored in the model's ``rt_info`` under ``lenet_export``.
+The metadata is stored in the model's ``rt_info`` under ``lenet_export``. With ``lenet-export quantize``, also
+``model.int8.xml`` + ``.bin``: NNCF's post-training INT8 quantisation of the FP32 IR.
 
 ``openvino.save_model`` compresses weights to FP16 by default, which moves these logits by ~5e-3: the IR is
 saved with ``compress_to_fp16=False`` (and verify fails an FP16-compressed IR).
@@ -13,20 +14,68 @@ call, which an export should not do on the user's behalf, and which forks a proc
 
 from __future__ import annotations
 
-from ..metadata import OPENVINO_RT_INFO_KEY as RT_INFO_KEY, metadata_props
-from .base import Format, Target
+from pathlib import Path
+
+from ..metadata import metadata_props, parse_prop
+from .base import QUANTIZE, Format, MetadataCopy, Target
 
 INSTALL = "pip install 'lenet-export[openvino]'"
+RT_INFO_KEY = "lenet_export"  # where an OpenVINO IR keeps the metadata in its rt_info
+
+
+def openvino_rt_info(model) -> dict:
+    """The metadata in an OpenVINO model's ``rt_info`` (under ``lenet_export``)."""
+    if not model.has_rt_info([RT_INFO_KEY]):
+        return {}
+    keys = model.get_rt_info([RT_INFO_KEY]).astype(dict)
+    return {k: parse_prop(model.get_rt_info([RT_INFO_KEY, k]).astype(str)) for k in keys}
+
+
+def read_openvino_metadata(path: Path) -> dict:
+    import openvino as ov
+
+    return openvino_rt_info(ov.Core().read_model(str(path)))
+
+
+def _set_rt_info(model, meta: dict) -> None:
+    for k, v in metadata_props(meta).items():
+        model.set_rt_info(v, [RT_INFO_KEY, k])
 
 
 def _write(t: Target) -> dict:
     import openvino as ov
 
-    model = ov.Core().read_model(str(t.folder / "model.onnx"))
-    for k, v in metadata_props(t.metadata).items():
-        model.set_rt_info(v, [RT_INFO_KEY, k])
+    model = ov.Core().read_model(str(t.input("model.onnx")))
+    _set_rt_info(model, t.metadata)
     ov.save_model(model, str(t.folder / "model.xml"), compress_to_fp16=False)
     return {"openvino_version": ov.get_version()}
 
 
-FORMATS = (Format("openvino", ("model.xml", "model.bin"), _write, package="openvino", install=INSTALL),)
+def _int8(t: Target) -> dict:
+    """NNCF's post-training INT8 quantisation of the FP32 IR, on the same calibration images as ONNX Runtime's."""
+    from ..native import quiet_logger
+    from .onnx_quantized import calibration_batches
+
+    with quiet_logger("torch.utils.cpp_extension"):  # NNCF imports it; it warns about CUDA_HOME on CPU machines
+        import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(t.input("model.xml")))
+    batches = calibration_batches(t.calibration.images)
+    # subset_size counts the dataset's items, here batches: all of them, i.e. every calibration image
+    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
+    _set_rt_info(quantized, {**t.metadata, "precision": "int8", "calibration": {**t.calibration.description,
+                                                                                 "tool": "nncf"}})
+    ov.save_model(quantized, str(t.folder / "model.int8.xml"), compress_to_fp16=False)
+    return {}
+
+
+RT_INFO = MetadataCopy("rt_info", read_openvino_metadata, package="openvino")
+
+FORMATS = (
+    Format("openvino", ("model.xml", "model.bin"), _write, package="openvino", install=INSTALL, made_from=("onnx",),
+           metadata=RT_INFO, summary="OpenVINO IR in FP32 (`lenet_export` in rt_info)"),
+    Format("openvino-int8", ("model.int8.xml", "model.int8.bin"), _int8, package="nncf", install=INSTALL,
+           made_from=("openvino",), stage=QUANTIZE, variant_of="openvino", precision="int8", metadata=RT_INFO,
+           summary="INT8 OpenVINO IR (NNCF), calibrated on training images"),
+)

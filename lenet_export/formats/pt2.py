@@ -6,8 +6,23 @@ from __future__ import annotations
 import io
 import json
 
+from pathlib import Path
+
 from ..metadata import METADATA_FILE
-from .base import Format, Target
+from .base import Format, MetadataCopy, Target
+
+
+def read_pt2_metadata(path: Path) -> dict:
+    """The extra file of a ``.pt2`` archive. Read with zipfile rather than ``torch.export.load`` (which
+    deserialises the whole program, 2 s here) or ``torch.export.pt2_archive.PT2ArchiveReader`` (whose import
+    alone takes 1.7 s): a PT2 archive is a zip file that keeps extra files under ``<archive>/extra/``."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        names = [n for n in z.namelist() if n.endswith(f"/extra/{METADATA_FILE}")]
+        if len(names) != 1:
+            raise ValueError(f"no extra/{METADATA_FILE} in the archive")
+        return json.loads(z.read(names[0]))
 
 MAX_BATCH = 65536
 
@@ -23,4 +38,5 @@ def _write(t: Target) -> dict:
     return {"model.pt2": {"batch_range": [1, MAX_BATCH]}}
 
 
-FORMATS = (Format("pt2", ("model.pt2",), _write),)
+FORMATS = (Format("pt2", ("model.pt2",), _write, summary="torch.export ExportedProgram", batch_range=(1, MAX_BATCH),
+                  metadata=MetadataCopy(METADATA_FILE, read_pt2_metadata)),)

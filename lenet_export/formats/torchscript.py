@@ -7,8 +7,20 @@ import io
 import json
 import warnings
 
+from pathlib import Path
+
 from ..metadata import METADATA_FILE
-from .base import Format, Target
+from .base import Format, MetadataCopy, Target
+
+
+def read_torchscript_metadata(path: Path) -> dict:
+    import torch
+
+    extra = {METADATA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return json.loads(extra[METADATA_FILE] or "null")
 
 
 def _write(t: Target) -> dict:
@@ -29,4 +41,5 @@ def _write(t: Target) -> dict:
     return {"torchscript_method": method}
 
 
-FORMATS = (Format("torchscript", ("model.pt",), _write),)
+FORMATS = (Format("torchscript", ("model.pt",), _write, summary="TorchScript (scripted, or traced where scripting fails)",
+                  metadata=MetadataCopy(METADATA_FILE, read_torchscript_metadata)),)

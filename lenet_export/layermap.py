@@ -12,12 +12,15 @@ attributes the single Conv node to the batch norm (``features.1``), so the conv'
 reports such a row as covering both modules. (The legacy exporter attributes the fused Conv to the conv
 module; ``diff`` moves it to the batch norm, where its value belongs.)
 
-Only the ``onnx`` package's protobuf classes are touched; nothing here imports torch.
+Only the ``onnx`` package's protobuf classes are touched; nothing here imports torch. Used by the ONNX format
+(the map is recorded at export time) and by the diff probes of the runtimes that run ONNX-derived graphs.
 """
 
 from __future__ import annotations
 
 import ast
+
+from .errors import ArtefactError
 
 INPUT = "input"  # the key of the normalised input inside model.raw.onnx (its uint8 -> float prefix)
 SCOPES = "pkg.torch.onnx.name_scopes"
@@ -67,3 +70,44 @@ def layer_map(proto, prefix: str | None = None) -> dict[str, str]:
         out.pop(mod, None)  # re-insert: keep the order of each module's *last* node
         out[mod] = n.output[0]
     return out
+
+
+def recorded_map(metadata: dict, artefact: str, proto, quantized: bool = False) -> dict[str, str]:
+    """The map recorded at export time (``metadata``: metadata.json), or (exports made before it was recorded)
+    the file's own. ``quantized``: a QDQ variant of model.onnx, whose tensors are matched as described below."""
+    key = "raw_layer_map" if artefact == "model.raw.onnx" else "layer_map"
+    points = metadata.get(key) or layer_map(proto)
+    if not points:
+        raise ArtefactError(f"{artefact} does not name the torch modules its nodes came from (neither the dynamo "
+                            "nor the legacy exporter's naming); cannot map its tensors to layers")
+    produced = {o for n in proto.graph.node for o in n.output}
+    if quantized:
+        # INT8 QDQ: a tensor's dequantised copy is the value the next layer really consumes (the quantiser also
+        # drops a Relu whose clipping the quantisation does, so the raw tensor can be the pre-clip value).
+        # Nodes fused by its pre-processing have no tensor of their own: compare what remains.
+        points = {k: f"{t}_DequantizeLinear_Output" if f"{t}_DequantizeLinear_Output" in produced else t
+                  for k, t in points.items()}
+        return {k: t for k, t in points.items() if t in produced}
+    missing = [t for t in points.values() if t not in produced]
+    if missing:
+        raise ArtefactError(f"metadata.json's {key} names tensor {missing[0]!r}, which {artefact} does not have "
+                            "(was the model replaced after export?)")
+    return dict(points)
+
+
+def with_outputs(proto, names: list[str]):
+    """A copy of ``proto`` that also outputs ``names``."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    have = {o.name for o in m.graph.output}
+    if any(n not in have for n in names):
+        info = {v.name: v for v in m.graph.value_info}
+        if any(n not in info and n not in have for n in names):
+            m = onnx.shape_inference.infer_shapes(m)
+            info = {v.name: v for v in m.graph.value_info}
+        for n in names:
+            if n not in have:
+                m.graph.output.append(info[n] if n in info else onnx.helper.make_empty_tensor_value_info(n))
+    return m

@@ -1,0 +1,53 @@
+"""MNN: ``model.mnn``, Alibaba's mobile runtime format, converted from ``model.onnx`` by MNN's own converter, in
+FP32 (the converter's default: no ``--fp16``, no weight quantisation). The metadata is stored in the model's
+``bizCode`` string (JSON), which ``Module.get_info()`` returns.
+
+No telemetry: MNN's Python converter (``mnnconvert``, anything under ``MNN.tools``) imports a logger that
+pip-installs ``aliyun-log-python-sdk`` when it is missing and, when it is present, fetches credentials from an
+Alibaba Cloud endpoint and uploads each conversion (machine id, OS, every converter argument) to Alibaba Cloud
+Log Service; there is no switch to turn it off. lenet-export calls the C++ converter behind it (the extension
+module ``_tools``) directly, which opens no socket and starts no process (checked with strace), and never
+imports ``MNN.tools``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ExportError
+from ..native import captured_output
+from .base import Format, MetadataCopy, Target
+
+INSTALL = "pip install 'lenet-export[mnn]'"
+INPUTS, OUTPUTS = ["input"], ["logits"]
+
+
+def load_module(path: Path, threads: int = 1):
+    """An MNN ``Module`` on the CPU in high (float32) precision."""
+    with captured_output():  # MNN prints the CPU's features and its precision on import and load
+        import MNN
+
+        runtime = MNN.nn.create_runtime_manager(({"backend": "CPU", "precision": "high", "numThread": threads},))
+        return MNN.nn.load_module_from_file(str(path), INPUTS, OUTPUTS, runtime_manager=runtime)
+
+
+def read_mnn_metadata(path: Path) -> dict:
+    return json.loads(load_module(path).get_info()["bizCode"])
+
+
+def _write(t: Target) -> dict:
+    with captured_output():
+        import _tools  # MNN's C++ converter, without MNN.tools' telemetry (see above)
+
+        from MNN import version
+
+        args = ["mnnconvert", "-f", "ONNX", "--modelFile", str(t.input("model.onnx")),
+                "--MNNModel", str(t.folder / "model.mnn"), "--bizCode", json.dumps(t.metadata)]
+        if not _tools.mnnconvert(args) or not (t.folder / "model.mnn").is_file():
+            raise ExportError("MNN's converter could not convert model.onnx")
+    return {"model.mnn": {"converter": f"MNN {version()} mnnconvert -f ONNX (C++ converter, FP32)"}}
+
+
+FORMATS = (Format("mnn", ("model.mnn",), _write, package="MNN", install=INSTALL, made_from=("onnx",),
+                  summary="MNN model, FP32 weights", metadata=MetadataCopy("bizCode", read_mnn_metadata, package="MNN")),)

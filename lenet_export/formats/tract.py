@@ -1,0 +1,44 @@
+"""tract (Sonos' ONNX/NNEF engine in Rust, an implementation independent of ONNX Runtime): ``model.nnef.tar``,
+the model in NNEF, tract's own deployment format (loads without an ONNX parser), written by tract from
+``model.onnx`` with the batch axis kept symbolic. The metadata is an extra member ``metadata.json`` of the tar,
+which tract's loader ignores (tract carries ONNX ``metadata_props`` into ``graph.nnef`` too, but its Python API
+cannot read string properties back)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from ..metadata import METADATA_FILE
+from .base import Format, MetadataCopy, Target
+
+INSTALL = "pip install 'lenet-export[tract]'"
+
+
+def read_nnef_metadata(path: Path) -> dict:
+    with tarfile.open(path) as tar:
+        member = tar.extractfile(METADATA_FILE)
+        if member is None:
+            raise ValueError(f"no {METADATA_FILE} in the archive")
+        return json.loads(member.read())
+
+
+def _write(t: Target) -> dict:
+    import tract
+
+    model = tract.onnx().load(str(t.input("model.onnx"))).into_model()
+    path = t.folder / "model.nnef.tar"
+    tract.nnef().write_model_to_tar(model, str(path))
+    data = json.dumps(t.metadata).encode()
+    with tarfile.open(path, "a") as tar:
+        info = tarfile.TarInfo(METADATA_FILE)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return {"model.nnef.tar": {"converter": f"tract {tract.version()} (ONNX -> NNEF)", "input": str(model.input_fact(0))}}
+
+
+FORMATS = (Format("tract", ("model.nnef.tar",), _write, package="tract", install=INSTALL, made_from=("onnx",),
+                  summary="NNEF archive written by tract (symbolic batch)",
+                  metadata=MetadataCopy(METADATA_FILE, read_nnef_metadata, package="tract")),)
