@@ -31,6 +31,18 @@ FMNIST_DIR = _first(os.environ.get("LENET_EXPORT_TEST_FMNIST"), SHARED / "fashio
 CIFAR_SRC = _first(os.environ.get("LENET_EXPORT_TEST_CIFAR"), SHARED / "cifar10-jpeg.tar.gz")
 
 
+# Fixtures that train a model or install npm packages: a test that needs none of them is in the quick tier
+# (`bash scripts/test.sh -m quick`: parity rules, format metadata, registries, CLI errors), for the edit-test loop.
+HEAVY_FIXTURES = {"fmnist_run", "cifar_run", "runs", "exports", "node_app"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "slow" not in item.keywords and "heavy" not in item.keywords \
+                and not HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.quick)
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():

@@ -113,32 +113,6 @@ def test_wrong_tflite_metadata_fails_verify(fmnist, fmnist_dir, runs, tmp_path):
     assert any(f.startswith("model.tflite:lenet_export: classes is") for f in rep.metadata.failures), rep.metadata.failures
 
 
-@pytest.mark.parametrize("backend,fmt", [("executorch-cpu", "executorch"), ("litert-cpu", "litert")])
-def test_perturbed_artefact_fails_parity(backend, fmt, fmnist, fmnist_dir, runs, tmp_path):
-    """The artefact written by the real writer from a model whose last bias moved by 0.5: the backend fails."""
-    needs(backend)
-    import torch
-
-    from lenet_export.checkpoint import model_from_checkpoint
-    from lenet_export.formats import Target, registry
-
-    folder, ckpt, _ = fmnist
-    bad = tmp_path / "bad"
-    shutil.copytree(folder, bad)
-    model = model_from_checkpoint(ckpt).eval()
-    with torch.no_grad():
-        [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].bias[0] += 0.5
-    c, h, w = ckpt["input_shape"]
-    meta = json.loads((folder / "metadata.json").read_text())
-    registry()[fmt].write(Target(bad, model, None, torch.zeros(2, c, h, w), None, meta))
-    rep = verify(VerifyOptions(exported=bad, checkpoint=runs("fashion-mnist") / "best.pth", data_dir=str(fmnist_dir),
-                               backends=("torch-cpu", backend)), log=lambda _: None)
-    e = rep.backends[backend]
-    assert e.status == "failed" and not rep.passed and abs(e.logits.max_abs - 0.5) < 1e-3
-    assert "logits" in e.rules, e.failures
-    assert rep.metadata.passed  # only the weights changed
-
-
 def test_truncated_pte_fails_in_one_line(fmnist, fmnist_dir, runs, tmp_path):
     needs("executorch-cpu")
     folder, _, _ = fmnist
@@ -167,8 +141,9 @@ def test_missing_runtime_skips_with_install_command(fmnist, fmnist_dir, runs, mo
     # their metadata copies cannot be read without the runtime: left out of the check, not reported as agreeing
     assert "model.xml:rt_info" in rep.metadata.files or importlib.util.find_spec("openvino") is None
     assert not any(f.startswith(("model.pte", "model.tflite")) for f in rep.metadata.files), rep.metadata.files
-    assert rep.metadata.unchecked == {"model.pte:metadata()": "executorch is not installed",
-                                      "model.tflite:lenet_export": "ai_edge_litert is not installed"}
+    mobile = {k: v for k, v in rep.metadata.unchecked.items() if k.startswith(("model.pte", "model.tflite"))}
+    assert mobile == {"model.pte:metadata()": "executorch is not installed",
+                      "model.tflite:lenet_export": "ai_edge_litert is not installed"}
 
 
 def test_litert_runs_without_torch(fmnist, tmp_path):

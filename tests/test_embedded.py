@@ -1,0 +1,196 @@
+"""The runtimes added as two files each (NCNN, MNN, tract), and rules every format obeys: an artefact written by
+its real writer from a perturbed model fails parity; a missing runtime skips with the install command."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import torch
+
+from conftest import REPO
+from lenet_export import backends as registry
+from lenet_export.checkpoint import load_checkpoint, model_from_checkpoint
+from lenet_export.export import RawInputModel
+from lenet_export.formats import EXPORT, Target, registry as formats
+from lenet_export.verify import VerifyOptions, verify
+
+EXPORT_FORMATS = [f for f in formats(EXPORT).values()]
+
+
+def _runs(fmt) -> list[str]:
+    """The CPU backends that run ``fmt``'s artefact and whose runtime is here."""
+    out = []
+    for b in registry.registry().values():
+        if b.artefact == fmt.artefact and b.device == "cpu":
+            try:
+                b.require_package()
+                out.append(b.name)
+            except registry.Skip:
+                pass
+    return out
+
+
+def _needs(*packages: str | None) -> None:
+    for p in filter(None, packages):
+        if importlib.util.find_spec(p) is None:
+            pytest.skip(f"{p} is not installed")
+
+
+@pytest.fixture(scope="module")
+def fmnist(runs, exports):
+    """(export folder, checkpoint path, checkpoint)."""
+    path = runs("fashion-mnist") / "best.pth"
+    return exports("fashion-mnist"), path, load_checkpoint(path)
+
+
+def _verify(folder, ckpt_path, data_dir, *backends):
+    return verify(VerifyOptions(exported=folder, checkpoint=ckpt_path, data_dir=str(data_dir),
+                                backends=("torch-cpu", *backends)), log=lambda _: None)
+
+
+def _write(fmt, folder, model, ckpt, meta, source):
+    """``fmt`` written by its real writer, after what it is made from (into ``source``)."""
+    c, h, w = ckpt["input_shape"]
+    raw_sample = torch.zeros((2, h, w) if c == 1 else (2, h, w, c), dtype=torch.uint8)
+    raw = RawInputModel(model, ckpt["mean"], ckpt["std"]).eval()
+    for dep in fmt.made_from:
+        _write(formats()[dep], source, model, ckpt, meta, source)
+    fmt.write(Target(folder, model, raw, torch.zeros(2, c, h, w), raw_sample, meta, source=source))
+
+
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS, ids=lambda f: f.name)
+def test_perturbed_artefact_fails_parity(fmt, fmnist, fmnist_dir, tmp_path):
+    """Every format, written by its real writer from a model whose last bias moved by 0.5: every backend that
+    runs it fails the logits rule, by that 0.5."""
+    names = _runs(fmt)
+    if fmt.missing() or not names:
+        pytest.skip(fmt.missing() or f"no runtime for {fmt.artefact} is installed")
+    folder, ckpt_path, ckpt = fmnist
+    bad, source = tmp_path / "bad", tmp_path / "source"
+    shutil.copytree(folder, bad)
+    source.mkdir()
+    model = model_from_checkpoint(ckpt).eval()
+    with torch.no_grad():
+        [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].bias[0] += 0.5
+    meta = json.loads((folder / "metadata.json").read_text())
+    _write(fmt, bad, model, ckpt, meta, source)
+    rep = _verify(bad, ckpt_path, fmnist_dir, *names)
+    assert not rep.passed
+    for name in names:
+        e = rep.backends[name]
+        assert e.status == "failed" and "logits" in e.rules, (name, e.failures)
+        assert abs(e.logits.max_abs - 0.5) < 1e-3, (name, e.logits.max_abs)
+
+
+@pytest.mark.parametrize("backend", [b for b in registry.names("cpu") if registry.get(b).package not in
+                                     ("torch", "onnxruntime", "onnxruntime-web")])
+def test_missing_runtime_skips_with_install_command(backend, fmnist, fmnist_dir, monkeypatch):
+    folder, ckpt_path, _ = fmnist
+    package = registry.get(backend).package
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == package else real(n, *a))
+    rep = _verify(folder, ckpt_path, fmnist_dir, "ort-cpu", backend)
+    e = rep.backends[backend]
+    assert e.status == "skipped" and e.reason.startswith(f"{package} is not installed (pip install"), e.reason
+    assert rep.passed and rep.backends["ort-cpu"].status == "passed"  # skipped, not passed, not failed
+
+
+def _pnnx(args, cwd):
+    from lenet_export.formats.ncnn import pnnx_binary
+
+    subprocess.run([str(pnnx_binary()), *args], cwd=cwd, check=True, capture_output=True, timeout=300)
+
+
+def test_ncnn_fp16_weights_are_refused(fmnist, fmnist_dir, tmp_path):
+    """pnnx's default (FP16 weights) gives a .bin verify refuses, naming the layers; the export's is FP32."""
+    _needs("ncnn", "pnnx")
+    from lenet_export.formats.ncnn import fp16_blobs
+
+    folder, ckpt_path, ckpt = fmnist
+    assert fp16_blobs(folder / "model.ncnn.param", folder / "model.ncnn.bin") == []
+    work = tmp_path / "pnnx"
+    work.mkdir()
+    shutil.copyfile(folder / "model.onnx", work / "model.onnx")
+    _pnnx([str(work / "model.onnx"), "inputshape=[1,1,28,28]f32"], work)  # fp16 by default
+    assert fp16_blobs(work / "model.ncnn.param", work / "model.ncnn.bin")  # the conv and linear layers
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    shutil.copyfile(work / "model.ncnn.bin", bad / "model.ncnn.bin")
+    shutil.copyfile(work / "model.ncnn.param", bad / "model.ncnn.param")
+    e = _verify(bad, ckpt_path, fmnist_dir, "ncnn-cpu").backends["ncnn-cpu"]
+    assert e.status == "failed" and e.rules == ["load"] and "stores FP16 weights" in e.reason, e.reason
+
+
+def test_ncnn_truncated_bin_is_refused(fmnist, tmp_path):
+    _needs("ncnn")
+    from lenet_export.formats.ncnn import fp16_blobs
+
+    folder, _, _ = fmnist
+    (tmp_path / "model.ncnn.bin").write_bytes((folder / "model.ncnn.bin").read_bytes()[:-8])
+    with pytest.raises(ValueError, match="its .param describes"):
+        fp16_blobs(folder / "model.ncnn.param", tmp_path / "model.ncnn.bin")
+
+
+def test_ncnn_runs_float32(fmnist):
+    """What ran says every FP16/BF16 option was off; the export recorded FP32 weights from pnnx fp16=0."""
+    _needs("ncnn")
+    from lenet_export.backends import Context
+
+    folder, _, ckpt = fmnist
+    meta = json.loads((folder / "metadata.json").read_text())
+    runner = registry.get("ncnn-cpu").open(Context(folder, meta, ckpt))
+    assert {"use_fp16_storage", "use_fp16_arithmetic"} <= set(runner.runtime["switched_off"])
+    assert meta["model.ncnn.param"]["weights"] == "fp32" and "fp16=0" in meta["model.ncnn.param"]["converter"]
+
+
+def test_mnn_conversion_sends_nothing(fmnist, tmp_path):
+    """The MNN writer in a fresh process: MNN's telemetry logger (MNN.tools.utils.log, Alibaba Cloud Log Service)
+    is never imported, nor its SDK, and the metadata is in the model's bizCode."""
+    _needs("MNN")
+    folder, _, _ = fmnist
+    code = f"""
+import json, sys
+from pathlib import Path
+from lenet_export.formats import Target, registry
+meta = {{"classes": ["x"]}}
+registry()["mnn"].write(Target(Path({str(tmp_path)!r}), None, None, None, None, meta, source=Path({str(folder)!r})))
+from lenet_export.formats.mnn import read_mnn_metadata
+print(json.dumps({{"tools": [m for m in sys.modules if m.startswith(("MNN.tools", "aliyun"))],
+                   "meta": read_mnn_metadata(Path({str(tmp_path)!r}) / "model.mnn")}}))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out == {"tools": [], "meta": {"classes": ["x"]}}
+
+
+def test_wrong_nnef_metadata_fails_verify(fmnist, fmnist_dir, tmp_path):
+    """A tract archive whose metadata.json lists the classes in another order: verify names file and field."""
+    _needs("tract")
+    folder, ckpt_path, _ = fmnist
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    members = {}
+    with tarfile.open(folder / "model.nnef.tar") as tar:
+        for m in tar.getmembers():
+            members[m.name] = tar.extractfile(m).read() if m.isfile() else None
+    meta = json.loads(members["metadata.json"])
+    meta["classes"] = meta["classes"][1:] + meta["classes"][:1]
+    members["metadata.json"] = json.dumps(meta).encode()
+    with tarfile.open(bad / "model.nnef.tar", "w") as tar:
+        for name, data in members.items():
+            if data is not None:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    rep = _verify(bad, ckpt_path, fmnist_dir, "tract-cpu")
+    assert rep.backends["tract-cpu"].status == "passed"  # the numbers are right ...
+    assert not rep.passed and any(f.startswith("model.nnef.tar:metadata.json: classes is")
+                                  for f in rep.metadata.failures), rep.metadata.failures
