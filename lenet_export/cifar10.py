@@ -63,15 +63,17 @@ def _cifar_source(data_dir: Path, download: bool) -> tuple[str, Path]:
 
 
 def _unpack_image_folder(archive: Path) -> Path:
-    from torchvision.datasets.utils import extract_archive
-
+    """Unpack with tarfile's ``data`` filter (PEP 706): a member outside the destination (``../x``, an absolute
+    path, a link pointing out), a device file or a setuid bit is refused with ``tarfile.FilterError`` before
+    anything is written there. (torchvision's ``extract_archive`` unpacked such members where they pointed.)"""
     st = archive.stat()
     dest = cache_dir() / f"{archive.name.removesuffix('.tar.gz')}-{st.st_size}-{int(st.st_mtime)}"
     if not dest.is_dir():
         tmp = dest.with_name(dest.name + f".{os.getpid()}.tmp")
         try:
             with write_errors(dest.parent):
-                extract_archive(str(archive), str(tmp))
+                with tarfile.open(archive) as tar:
+                    tar.extractall(tmp, filter="data")
                 os.replace(tmp, dest)
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             raise DataError(f"cannot unpack {archive}: {first_line(e)}") from None

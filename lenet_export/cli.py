@@ -285,12 +285,14 @@ def ship(
     dataset: Annotated[str, typer.Option(help="fashion-mnist or cifar10.")] = "fashion-mnist",
     data_dir: DataDir = None,
     root: Annotated[Path, typer.Option(help="Where the model folders go.")] = Path("exported"),
+    from_run: Annotated[Optional[Path], typer.Option(help="Package this finished training run (best.pth, "
+                                                          "metrics.json, history.csv) instead of training.")] = None,
 ):
     """Regenerate a shipped model folder: train the default model, export, verify, write MODEL_CARD.md."""
     from .ship import ship as run_ship
     from .ui import log
 
-    run_ship(dataset, str(data_dir) if data_dir else None, root=root, log=log)
+    run_ship(dataset, str(data_dir) if data_dir else None, root=root, log=log, from_run=from_run)
 
 
 @app.command()

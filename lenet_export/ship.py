@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ParityError
+from .errors import ConfigError, ParityError
 from .fsutil import atomic_write_text
 from .report import markdown_table
 
@@ -31,20 +31,40 @@ SOURCE_NOTE = {
 }
 
 
+RUN_FILES = ("best.pth", "metrics.json", "history.csv")
+
+
 def ship(dataset: str, data_dir: str | None, root: Path = Path("exported"), runs: Path = Path("runs"),
-         log=print) -> Path:
+         log=print, from_run: Path | None = None) -> Path:
+    """Train the default model (or take the run in ``from_run``), export every format, quantize, verify, and
+    write the model card into ``root/<dataset>-<model>``."""
     from .export import ExportOptions, export
     from .models import DEFAULT_MODEL
-    from .training.train import TrainConfig, train
     from .quantize import QuantizeOptions, quantize
     from .verify import VerifyOptions, verify
 
+    from .checkpoint import load_checkpoint
+    from .data import dataset_info
+
+    dataset_info(dataset)  # an unknown data set is a one-line error
     model = DEFAULT_MODEL[dataset]
-    run = runs / f"ship-{dataset}"
-    train(TrainConfig(dataset=dataset, model=model, data_dir=data_dir, out=str(run), force=True), log=log)
+    if from_run is None:
+        from .training.train import TrainConfig, train
+
+        run = runs / f"ship-{dataset}"
+        train(TrainConfig(dataset=dataset, model=model, data_dir=data_dir, out=str(run), force=True), log=log)
+    else:
+        run = Path(from_run)
+        missing = [f for f in RUN_FILES if not (run / f).is_file()]
+        if missing:
+            raise ConfigError(f"--from-run {run} is not a finished training run (no {missing[0]})")
+        ckpt = load_checkpoint(run / "best.pth")
+        if (ckpt["dataset"], ckpt["model"]) != (dataset, model):
+            raise ConfigError(f"--from-run {run} holds {ckpt['model']} on {ckpt['dataset']}, not the default "
+                              f"{model} on {dataset}")
     out = root / f"{dataset}-{model}"
     export(run / "best.pth", ExportOptions(out=out, force=True, data_dir=data_dir), log=log)
-    for name in ("best.pth", "metrics.json", "history.csv"):
+    for name in RUN_FILES:
         shutil.copy2(run / name, out / name)
     quantize(QuantizeOptions(exported=out, checkpoint=out / "best.pth", data_dir=data_dir), log=log)
     from .diff import attach

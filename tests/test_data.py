@@ -5,6 +5,7 @@ import hashlib
 import pickle
 import struct
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,6 +174,35 @@ def test_image_folder_with_wrong_classes_or_sizes(tmp_path):
     (tmp_path / "c" / "test" / "cat" / "0000.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="cannot decode"):
         D.load_split("cifar10", train=False, data_dir=tmp_path / "c")
+
+
+@pytest.mark.parametrize("member", ["../../canary", "/tmp/lenet-export-canary-abs", "link"])
+def test_archive_member_outside_the_cache_is_refused(member, tmp_path, cache):
+    """A crafted cifar10*.tar.gz (path traversal, an absolute path, a symlink out): one-line error through the
+    CLI, nothing written outside the cache, nothing left in it."""
+    import io
+
+    from conftest import assert_clean_error, run_cli
+
+    canary = tmp_path / "canary"
+    canary.write_text("keep")
+    archive = tmp_path / "dl" / "cifar10-jpeg.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        if member == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, str(canary)
+            tar.addfile(info)
+            info = tarfile.TarInfo("link")  # then a file written through the link
+        data = b"overwritten"
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    r = run_cli("data", "--dataset", "cifar10", "--data-dir", archive.parent)
+    # tarfile's data filter refuses the traversal and the link, and unpacks an absolute name inside the cache
+    assert_clean_error(r, str(archive), "does not hold an image folder" if member.startswith("/") else "cannot unpack")
+    assert canary.read_text() == "keep" and not Path("/tmp/lenet-export-canary-abs").exists()
+    if not member.startswith("/"):
+        assert not cache.exists() or not any(cache.iterdir())  # nothing half-unpacked stays
 
 
 def test_corrupt_archive(tmp_path, cache):
