@@ -82,6 +82,20 @@ def load_inputs(name: str, ckpt: dict, data_dir: str | None, train: bool = False
     return Inputs(x, to_raw_layout(split.images).numpy(), split.labels.numpy()), split.source
 
 
+def refuse_input_as_output(path: Path | None, exported: Path, checkpoint: Path | None, option: str) -> None:
+    """An output path (``--report``, ``--json``, ``--markdown``) must not be one of the command's inputs: the
+    checkpoint, metadata.json, an artefact of the export folder (present or not) or its golden data."""
+    if path is None:
+        return
+    out, folder = Path(path).resolve(), Path(exported).resolve()
+    inputs = {folder / "best.pth", folder / METADATA_FILE, *(folder / f for fmt in formats.registry().values()
+                                                             for f in fmt.files)}
+    if checkpoint is not None:
+        inputs.add(Path(checkpoint).resolve())
+    if out in inputs or any(folder / d in out.parents for d in ("test_data_set_0", "raw_test_data_set_0")):
+        raise ConfigError(f"{option} {path} is one of the files this command reads; write it elsewhere")
+
+
 def present_formats(meta: dict) -> list[str]:
     """The formats an export holds, by the files its metadata.json lists (exports made before ``formats`` was
     recorded hold the ONNX pair, and TorchScript when they say how it was made)."""

@@ -26,7 +26,10 @@ from .models import build_model
 
 FORMAT = "lenet-export/checkpoint"
 FORMAT_VERSION = 1
-REQUIRED = ("model", "model_args", "state_dict", "dataset", "classes", "input_shape", "mean", "std", "epoch")
+REQUIRED = ("model", "model_args", "state_dict", "dataset", "classes", "input_shape", "mean", "std", "epoch",
+            "val_acc", "split")
+CHANNELS = (1, 3)  # grey and colour images: what the data sets and the raw-uint8 model take
+MAX_SIDE = 512  # pixels: LeNet-family inputs are small; a larger recorded size is a corrupt or hostile file
 
 
 def versions() -> dict:
@@ -57,9 +60,15 @@ def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load and validate a lenet-export checkpoint with ``weights_only=True``."""
+    import zipfile
+
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint file (e.g. {path / 'best.pth'})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save's format; anything else (random bytes, text) is no checkpoint
+        raise CheckpointError(f"{path} is not a checkpoint (not a PyTorch zip archive)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -110,6 +119,9 @@ def field_problem(ckpt: dict) -> str | None:
     shape = ckpt["input_shape"]
     if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(_is_int(v) and v > 0 for v in shape)):
         return f"field 'input_shape' must be 3 positive integers (C, H, W), got {shape!r}"
+    if shape[0] not in CHANNELS or max(shape[1:]) > MAX_SIDE:
+        return (f"field 'input_shape' {list(shape)} is out of range ({' or '.join(map(str, CHANNELS))} channels, "
+                f"at most {MAX_SIDE} x {MAX_SIDE} pixels)")
     for key in ("mean", "std"):
         v = ckpt[key]
         if not (isinstance(v, (list, tuple)) and len(v) == shape[0] and all(map(_is_number, v))):
@@ -125,11 +137,15 @@ def field_problem(ckpt: dict) -> str | None:
     args = ckpt["model_args"]
     if args.get("in_channels", shape[0]) != shape[0] or args.get("image_size", shape[1]) not in (shape[1], shape[2]):
         return f"field 'input_shape' {list(shape)} disagrees with model_args (in_channels, image_size)"
+    split = ckpt["split"]
+    if not (isinstance(split, dict) and _is_number(split.get("val_fraction")) and 0 < split["val_fraction"] < 1
+            and _is_int(split.get("seed")) and split["seed"] >= 0):
+        return f"field 'split' must hold val_fraction (0..1) and seed (an integer >= 0), got {split!r}"
     if not (_is_int(ckpt["epoch"]) and ckpt["epoch"] >= 0):
         return f"field 'epoch' must be a non-negative integer, got {ckpt['epoch']!r}"
     for key in ("val_acc", "test_acc"):
-        if ckpt.get(key) is not None and not _is_number(ckpt[key]):
-            return f"field '{key}' must be a number, got {ckpt[key]!r}"
+        if (key == "val_acc" or ckpt.get(key) is not None) and not (_is_number(ckpt[key]) and 0 <= ckpt[key] <= 1):
+            return f"field '{key}' must be an accuracy from 0 to 1, got {ckpt[key]!r}"
     return None
 
 

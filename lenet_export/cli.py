@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import backends as backend_registry, formats as format_registry
-from .errors import LenetExportError
+from .errors import ConfigError, LenetExportError, ParityError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Train LeNet-family networks, export them to every portable format and verify parity.")
@@ -51,6 +51,16 @@ def cli_errors(fn):
         except MemoryError:
             fail("out of memory", 1)
     return wrapper
+
+
+def _backend_names(spec: str) -> tuple[str, ...] | None:
+    """``all`` -> None; otherwise the names, at least one."""
+    if spec.strip() == "all":
+        return None
+    names = tuple(b.strip() for b in spec.split(",") if b.strip())
+    if not names:
+        raise ConfigError(f"--backends {spec!r} names no backend; choose from: {BACKENDS} (or all)")
+    return names
 
 
 Exported = Annotated[Path, typer.Option(help="Export folder written by `lenet-export onnx`.")]
@@ -166,7 +176,7 @@ def verify(
     from .ui import print_report
     from .verify import VerifyOptions, verify as run_verify
 
-    names = None if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
+    names = _backend_names(backends)
     rep = run_verify(VerifyOptions(exported=exported, checkpoint=checkpoint, data_dir=str(data_dir) if data_dir else None,
                                    dataset=dataset, backends=names, tolerance=Tolerance(atol, rtol),
                                    require_cuda=require_cuda, report=report, localise=attach), log=lambda _: None)
@@ -206,11 +216,13 @@ def diff(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the table as JSON here.")] = None,
 ):
     """Find the first layer where a runtime's values leave eager PyTorch's (exit 1 when one does)."""
+    from .artefacts import refuse_input_as_output
     from .diff import DiffOptions, diff as run_diff
     from .fsutil import atomic_write_json, write_errors
     from .parity import Tolerance
     from .ui import console, diff_line, diff_table
 
+    refuse_input_as_output(json_out, exported, checkpoint, "--json")
     res = run_diff(DiffOptions(exported=exported, backend=backend, checkpoint=checkpoint, samples=samples,
                                data_dir=str(data_dir) if data_dir else None, tolerance=Tolerance(atol, rtol)))
     console.print(diff_table(res))
@@ -239,7 +251,11 @@ def bench(
     from .fsutil import atomic_write_json, atomic_write_text, write_errors
     from .ui import bench_table, console, log
 
-    names = None if backends == "all" else tuple(b.strip() for b in backends.split(",") if b.strip())
+    from .artefacts import refuse_input_as_output
+
+    refuse_input_as_output(json_out, exported, checkpoint, "--json")
+    refuse_input_as_output(markdown, exported, checkpoint, "--markdown")
+    names = _backend_names(backends)
     results, samples = run_bench(exported, checkpoint, str(data_dir) if data_dir else None, names, log=log)
     console.print(bench_table(results, samples, str(exported)))
     with write_errors(json_out or markdown or "."):
@@ -247,6 +263,8 @@ def bench(
             atomic_write_json(json_out, [dataclasses.asdict(row(r, exported)) for r in results])
         if markdown:
             atomic_write_text(markdown, to_markdown(results, samples, f"Runtimes on {exported}") + "\n")
+    if failed := [r.name for r in results if r.status == "failed"]:  # a benchmark of a wrong model is no success
+        raise ParityError(f"parity failed for {', '.join(failed)}: these figures are of a model that differs")
 
 
 @app.command()

@@ -151,6 +151,8 @@ def train_val_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Ten
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
     n_val = max(1, int(round(n * val_fraction)))
+    if n_val >= n:
+        raise DataError(f"--val-fraction {val_fraction} leaves no training images (all {n} would be validation)")
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 

@@ -140,22 +140,36 @@ def locked(lock_file: str | os.PathLike, what: str | None = None) -> Iterator[Pa
 
     Another process holding it makes this raise ``ConfigError`` naming its PID at once (no waiting). The
     kernel drops the lock when its holder exits, however it dies (``kill -9`` included), so a stale lock
-    cannot block later runs; the file itself stays (removing it would race with the next locker).
+    cannot block later runs. The holder removes the file when it is done (a user should not find lock files
+    beside their output); a process that opened the file before that removal sees, once it holds the lock,
+    that the name now points elsewhere or nowhere, and locks anew.
     """
     lock_file = Path(lock_file)
     what = what or str(lock_file.parent)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    while True:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
             raise ConfigError(f"{what} is in use by another process (pid {holder or 'unknown'}, lock "
                               f"{lock_file}); wait for it to finish or choose another folder") from None
+        try:
+            if os.stat(lock_file).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield lock_file
     finally:
+        try:
+            lock_file.unlink()  # while holding the lock: see above
+        except OSError:
+            pass
         os.close(fd)  # releases the lock
 
 

@@ -49,6 +49,8 @@ def calibration_images(ckpt: dict, opts: QuantizeOptions) -> tuple[np.ndarray, d
 
     if opts.calibration_size <= 0:
         raise ConfigError(f"--calibration-size must be positive, got {opts.calibration_size}")
+    if not 0 <= opts.seed < 2**63:  # torch.Generator.manual_seed overflows beyond a signed 64-bit integer
+        raise ConfigError(f"--seed must be an integer from 0 to 2**63-1, got {opts.seed}")
     split = load_split(ckpt["dataset"], train=opts.calibration_split != "test", data_dir=opts.data_dir)
     if opts.calibration_split == "test":
         pool = torch.arange(len(split))

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__, backends as registry
-from .artefacts import Inputs, artefact_size, check_metadata, load_export, load_inputs
+from .artefacts import Inputs, artefact_size, check_metadata, load_export, load_inputs, refuse_input_as_output
 from .backends import REFERENCE, Backend, Context, Fallback, Runner, Skip
 from .errors import ConfigError, first_line
 from .parity import (BATCH_INVARIANCE_SAMPLES, BATCH_INVARIANCE_SIZES, BUDGETS, Failure, Tolerance, batch_invariance,
@@ -169,6 +169,7 @@ def requested(names: tuple[str, ...] | None) -> list[Backend]:
 def verify(opts: VerifyOptions, log=print) -> Report:
     """Run the suite and return the report (also written to ``opts.report``); ``Report.check()`` is the verdict."""
     _check_report_path(opts.report)
+    refuse_input_as_output(opts.report, opts.exported, opts.checkpoint, "--report")
     chosen = requested(opts.backends)
     export = load_export(Path(opts.exported), opts.checkpoint)
     ckpt = export.checkpoint

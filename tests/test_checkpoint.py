@@ -61,6 +61,12 @@ def _broken(tmp_path, **changes) -> object:
     ({"classes": "T-shirt"}, "'classes'"),
     ({"state_dict": {"w": [1, 2]}}, "'state_dict'"),
     ({"model_args": "lenet"}, "'model_args'"),
+    ({"val_acc": KeyError}, "lacks val_acc"),
+    ({"split": KeyError}, "lacks split"),
+    ({"split": {"seed": 0}}, "'split' must hold val_fraction"),
+    ({"val_acc": 7.0}, "'val_acc' must be an accuracy"),
+    ({"input_shape": [1, 3163, 3163], "model_args": {"in_channels": 1, "image_size": 3163}}, "out of range"),
+    ({"input_shape": [2, 28, 28], "mean": [0.1, 0.1], "std": [0.3, 0.3]}, "out of range"),
 ])
 def test_wrong_fields_are_one_line_errors(tmp_path, changes, fragment):
     path = _broken(tmp_path, **changes)
@@ -68,6 +74,36 @@ def test_wrong_fields_are_one_line_errors(tmp_path, changes, fragment):
         load_checkpoint(path)
     assert_clean_error(run_cli("onnx", "--checkpoint", path, "--out", tmp_path / "export"), fragment)
     assert not (tmp_path / "export").exists()
+
+
+def test_every_verb_refuses_a_checkpoint_without_split(tmp_path):
+    """quantize reads the split (calibration images come from its training part): refused in one line."""
+    import shutil
+
+    export = tmp_path / "export"
+    shutil.copytree(SHIPPED.parent, export)
+    ck = shipped()
+    del ck["split"]
+    save_checkpoint(ck, tmp_path / "bad.pth")
+    import json
+
+    meta = json.loads((export / "metadata.json").read_text())  # an export that claims to come from it
+    meta["checkpoint_sha256"] = sha(tmp_path / "bad.pth")
+    (export / "metadata.json").write_text(json.dumps(meta))
+    for verb in ("quantize", "verify"):
+        assert_clean_error(run_cli(verb, "--exported", export, "--checkpoint", tmp_path / "bad.pth"), "lacks split")
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01random bytes" * 100, b"PK\x03\x04 truncated zip"])
+def test_random_bytes_are_not_a_checkpoint(tmp_path, content):
+    (tmp_path / "x.pth").write_bytes(content)
+    r = run_cli("onnx", "--checkpoint", tmp_path / "x.pth", "--out", tmp_path / "e")
+    assert_clean_error(r, str(tmp_path / "x.pth"))
+    assert "Python objects" not in r.stderr
+
+
+def test_checkpoint_that_is_a_folder(tmp_path):
+    assert_clean_error(run_cli("onnx", "--checkpoint", tmp_path, "--out", tmp_path / "e"), "is a folder")
 
 
 def test_resume_from_a_state_with_wrong_fields(tmp_path):

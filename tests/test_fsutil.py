@@ -78,6 +78,27 @@ def test_lock_of_a_killed_holder_does_not_block(tmp_path):
     assert lock.exists()  # the file stays; the kernel dropped the lock with its process
     with locked(lock):
         assert lock.read_text().strip() == str(os.getpid())
+    assert not lock.exists()  # its holder removes the file when done: no lock files left beside outputs
+
+
+def test_lock_taken_from_a_removed_file_is_retaken(tmp_path, monkeypatch):
+    """A process that opened the lock file just before its holder removed it locks the new file, not the
+    orphaned inode (else two processes would both 'hold' the lock)."""
+    import lenet_export.fsutil as F
+
+    lock = tmp_path / ".lock"
+    real_flock, calls = F.fcntl.flock, []
+
+    def flock(fd, op):
+        real_flock(fd, op)
+        if not calls:  # the first lock we get: its holder removes the name and another process re-creates it
+            calls.append(fd)
+            lock.unlink()
+            lock.write_text("someone else\n")
+    monkeypatch.setattr(F.fcntl, "flock", flock)
+    with locked(lock):
+        assert lock.read_text().strip() == str(os.getpid())  # we hold the file that has the name now
+    assert len(calls) == 1
 
 
 def test_write_errors_on_a_full_disk(tmpfs):

@@ -89,6 +89,8 @@ class TrainConfig:
             raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
         if not (isinstance(self.seed, int) and 0 <= self.seed <= SEED_MAX):
             raise ConfigError(f"--seed must be an integer from 0 to 2**64-1 ({SEED_MAX}), got {self.seed}")
+        if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
+            raise ConfigError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
         if self.train_limit is not None and self.train_limit <= 0:
             raise ConfigError(f"--train-limit must be positive, got {self.train_limit}")
         if self.device not in ("auto", "cpu", "cuda"):
