@@ -130,8 +130,8 @@ def check_metadata(export: Export, backends=None) -> MetadataCheck:
     at a cost its backend would pay anyway, is listed in ``unchecked`` with the reason; a format that cannot
     hold a copy is listed there too."""
     check = MetadataCheck()
-    copies: list[tuple[str, object, Path, bool]] = [(METADATA_FILE, lambda p: json.loads(p.read_text()),
-                                                     export.folder / METADATA_FILE, False)]
+    copies: list[tuple[str, object, list[Path], bool]] = [(METADATA_FILE, lambda p: json.loads(p.read_text()),
+                                                           [export.folder / METADATA_FILE], False)]
     for name in present_formats(export.metadata):
         f = formats.registry()[name]
         if f.metadata is None:
@@ -141,11 +141,13 @@ def check_metadata(export: Export, backends=None) -> MetadataCheck:
         if why:
             check.unchecked[f.label] = why
             continue
-        copies.append((f.label, f.metadata.read, export.folder / f.artefact, f.metadata.raw))
-    for label, read, path, raw in copies:
+        copies.append((f.label, f.metadata.read, [export.folder / n for n in f.files], f.metadata.raw))
+    for label, read, paths, raw in copies:
         check.files.append(label)
         try:
-            found = read(path)
+            if missing := [p.name for p in paths if not p.is_file()]:  # before a runtime's own message about it
+                raise FileNotFoundError(f"missing {missing[0]}")
+            found = read(paths[0])
         except Exception as e:  # each format's reader raises its own types on garbage: report the first line
             check.errors.append(f"{label}: cannot read its metadata ({first_line(e)})")
             continue

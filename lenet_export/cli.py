@@ -16,7 +16,35 @@ import typer
 from . import backends as backend_registry, formats as format_registry
 from .errors import ConfigError, LenetExportError, ParityError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+class OneLineErrors(typer.core.TyperGroup):
+    """click's usage errors (an unknown verb, ``--epochs abc``, a missing argument) as the one ``error:`` line
+    every other bad input gets, instead of click's usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        import sys
+
+        try:
+            from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer 0.2x vendors click
+        except ImportError:  # pragma: no cover - older typer on click
+            from click.exceptions import ClickException, NoArgsIsHelpError
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as e:  # `lenet-export` alone: the help, as click shows it
+            print(e.format_message())
+            sys.exit(e.exit_code)
+        except ClickException as e:
+            print(f"error: {e.format_message()} (see lenet-export --help)", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            print("error: aborted", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Train LeNet-family networks, export them to every portable format and verify parity.")
 # Help lists come from the registries (lenet_export.formats, lenet_export.backends): never written by hand.
 OPTIONAL_FORMATS = ", ".join(f.name for f in format_registry.registry(format_registry.EXPORT).values()

@@ -32,7 +32,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import load_split, normalize, to_raw_layout
 from .errors import ConfigError, ExportError
 from .formats import select
-from .fsutil import locked, recover_staged, sha256_file, staged_dir, write_errors
+from .fsutil import locked, native_errors, recover_staged, sha256_file, staged_dir, write_errors
 from .metadata import METADATA_FILE, raw_layout
 from .parity import Tolerance
 
@@ -202,7 +202,8 @@ def write_artefacts(tmp: Path, model: nn.Module, ckpt: dict, test, meta: dict, o
                     opts.opset)
     made = {}
     for f in formats:
-        made |= f.write(target)
+        with native_errors(tmp, f"writing {f.name}"):
+            made |= f.write(target)
     gi = golden_indices(test.labels)
     gx = normalize(test.images[gi], ckpt["mean"], ckpt["std"])
     graw = to_raw_layout(test.images[gi])

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import ConfigError
+from .errors import ConfigError, ExportError, first_line
 
 
 def current_umask() -> int:
@@ -27,6 +27,8 @@ def current_umask() -> int:
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)``, fsync, then rename over ``path`` (same folder, so atomic)."""
     path = Path(path)
+    if path.is_dir():  # else the rename would fail naming the temporary file
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp_path = Path(tmp)
@@ -179,6 +181,29 @@ WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quo
                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
                 errno.EPERM: "operation not permitted", errno.ENOTDIR: "a path component is not a folder",
                 errno.EEXIST: "exists and is not a folder", errno.EISDIR: "is a folder"}
+
+
+FULL_BELOW = 4 * 2**20  # bytes free under which a native writer's failure is taken for a full disk
+
+
+@contextlib.contextmanager
+def native_errors(folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """Native writers (ONNX's and OpenVINO's C++ serialisers, converters) fail on a full disk with their own
+    exception types (``basic_ios::clear: iostream error``): such a failure on a (nearly) full disk becomes the
+    ``OSError`` it is, for ``write_errors`` to report as "no space left on device"; any other failure is one line
+    ``ExportError`` naming ``what``. OSErrors pass through."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:
+        try:
+            full = shutil.disk_usage(folder).free < FULL_BELOW
+        except OSError:
+            full = False
+        if full or "No space left" in str(e):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) from None
+        raise ExportError(f"{what} failed: {first_line(e)}") from None
 
 
 @contextlib.contextmanager

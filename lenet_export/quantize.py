@@ -14,17 +14,15 @@ then renamed into place (companions first), and ``metadata.json`` lists it only 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from .errors import ConfigError, ExportError, first_line
+from .errors import ConfigError
 from .formats import QUANTIZE, Calibration, Format, Target, registry
 from .formats.base import CALIBRATION_SPLIT
 from .metadata import METADATA_FILE
@@ -65,18 +63,6 @@ def calibration_images(ckpt: dict, opts: QuantizeOptions) -> tuple[np.ndarray, d
                "activations": "QInt8", "weights": "QInt8"}
 
 
-@contextlib.contextmanager
-def _tool_errors(what: str) -> Iterator[None]:
-    """The quantisation tools raise many exception types: report the first line as ``ExportError``. OSErrors
-    pass through, for ``write_errors`` to turn into a one-line message about the disk."""
-    try:
-        yield
-    except OSError:
-        raise
-    except Exception as e:
-        raise ExportError(f"{what} failed: {first_line(e)}") from None
-
-
 def _write_variant(f: Format, t: Target, exported: Path) -> dict:
     """Write ``f`` into a temporary folder inside the export, then rename its files into place."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{f.name}.", suffix=".tmp", dir=exported))
@@ -96,18 +82,21 @@ def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
     from .artefacts import load_export, present_formats
     from .checkpoint import model_from_checkpoint
     from .formats.onnx import read_onnx_metadata
-    from .fsutil import atomic_write_json, locked, write_errors
+    from .fsutil import atomic_write_json, locked, native_errors, write_errors
 
-    export = load_export(Path(opts.exported), opts.checkpoint)
-    exported, meta = export.folder, export.metadata
-    x, calibration = calibration_images(export.checkpoint, opts)
-    model = model_from_checkpoint(export.checkpoint)
-    c, h, w = export.checkpoint["input_shape"]
-    target = Target(exported, model, None, np.zeros((2, c, h, w), np.float32), None,
-                    read_onnx_metadata(exported / "model.onnx"), source=exported,
-                    calibration=Calibration(x, calibration))
+    exported = Path(opts.exported)
+    if not exported.is_dir():
+        raise ConfigError(f"{exported} is not an export folder (run `lenet-export onnx` first)")
     written: dict[str, str] = {}
+    # the lock first: an `onnx --force` replacing this folder is "in use", not a missing export
     with write_errors(exported), locked(exported.parent / f".{exported.name}.lock", what=str(exported)):
+        export = load_export(exported, opts.checkpoint)
+        meta = export.metadata
+        x, calibration = calibration_images(export.checkpoint, opts)
+        c, h, w = export.checkpoint["input_shape"]
+        target = Target(exported, model_from_checkpoint(export.checkpoint), None, np.zeros((2, c, h, w), np.float32),
+                        None, read_onnx_metadata(exported / "model.onnx"), source=exported,
+                        calibration=Calibration(x, calibration))
         for f in registry(QUANTIZE).values():
             have = present_formats(meta)
             why = f.missing() or next((f"needs {d}, which the export does not have" for d in f.made_from
@@ -115,7 +104,7 @@ def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
             if why:
                 log(f"skipped {f.name}: {why}")
                 continue
-            with _tool_errors(f"{f.name} quantisation"):
+            with native_errors(exported, f"{f.name} quantisation"):
                 made = _write_variant(f, target, exported)
             meta["formats"] = {**meta.get("formats", {}), f.name: list(f.files)}
             meta |= made

@@ -4,6 +4,7 @@ and no file touched."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import shutil
 
 import onnx
@@ -79,3 +80,41 @@ def test_bench_of_a_wrong_model_fails(export, fmnist_dir):
     r = run_cli("bench", "--exported", export, "--data-dir", fmnist_dir, "--backends", "ort-cpu")
     assert r.exit_code == 1 and "parity failed for ort-cpu" in r.stderr and "Traceback" not in r.output
     assert "ort-cpu" in r.stdout  # the table is still printed
+
+
+@pytest.mark.parametrize("args", [("frobnicate",), ("train", "--epochs", "abc"), ("predict",),
+                                  ("verify", "--no-such-option")])
+def test_usage_errors_are_one_line(args):
+    assert_clean_error(run_cli(*args), "see lenet-export --help")
+
+
+@pytest.mark.parametrize("artefact,backend", [("model.onnx", "ort-cpu"), ("model.pt", "torchscript-cpu"),
+                                              ("model.pt2", "pt2-cpu"), ("model.xml", "openvino-cpu")])
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_diff_and_verify_on_a_broken_artefact_name_the_file(artefact, backend, damage, export, fmnist_dir):
+    from lenet_export.backends import get
+
+    if get(backend).package == "openvino" and importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed")
+    path = export / artefact
+    path.write_bytes(b"garbage" * 100 if damage == "garbage" else path.read_bytes()[: path.stat().st_size // 2])
+    r = run_cli("diff", "--exported", export, "--data-dir", fmnist_dir, "--backend", backend)
+    assert_clean_error(r, f"{backend} cannot load {artefact}")
+    r = run_cli("verify", "--exported", export, "--data-dir", fmnist_dir, "--backends", backend)
+    assert r.exit_code == 1 and f"cannot load {artefact}" in r.stdout
+    assert r.stderr.strip().startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr  # no log
+
+
+def test_missing_companion_file_is_named(export, fmnist_dir):
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed")
+    (export / "model.bin").unlink()
+    r = run_cli("verify", "--exported", export, "--data-dir", fmnist_dir, "--backends", "openvino-cpu")
+    assert r.exit_code == 1 and "missing model.bin in" in r.stdout and "core.cpp" not in r.output
+
+
+def test_json_output_that_is_a_folder_names_the_folder(export, fmnist_dir, tmp_path):
+    (tmp_path / "out").mkdir()
+    r = run_cli("diff", "--exported", export, "--data-dir", fmnist_dir, "--backend", "ort-cpu", "--samples", "8",
+                "--json", tmp_path / "out")
+    assert_clean_error(r, f"cannot write {tmp_path / 'out'}: is a folder")

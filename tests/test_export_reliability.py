@@ -114,6 +114,34 @@ def test_full_disk_is_a_one_line_error_and_keeps_the_earlier_export(ckpt, fmnist
     assert not list(disk.glob(".export.*.tmp")) and not list(disk.glob(".export.old-*"))
 
 
+@pytest.mark.parametrize("size_kb", [2000, 3500, 5200])
+def test_disk_full_in_any_writer_is_one_line_and_leaves_nothing(size_kb, ckpt, fmnist_dir, tmpfs):
+    """Disks that fill up in a later writer (TorchScript, OpenVINO's or a converter's C++ code): one line saying
+    the disk is full, no staged folder, no lock file, no output folder."""
+    disk = tmpfs(f"d{size_kb}", size_kb)
+    r = _onnx(ckpt, disk / "export", fmnist_dir)
+    assert_clean_error(r, "no space left on device")
+    assert sorted(p.name for p in disk.iterdir()) == [], list(disk.iterdir())
+
+
+def test_quantize_on_a_full_disk_writes_each_variant_whole_or_not_at_all(ckpt, fmnist_dir, tmpfs, tmp_path):
+    from disks import fill
+
+    src = tmp_path / "export"
+    assert _onnx(ckpt, src, fmnist_dir, "--formats", "openvino").exit_code == 0
+    disk = tmpfs("q", 8000)
+    out = disk / "export"
+    shutil.copytree(src, out)
+    fill(disk, 600 * 1024)  # room for the FP16 variant (~420 KiB), not for the next
+    r = run_cli("quantize", "--exported", out, "--checkpoint", ckpt, "--data-dir", fmnist_dir)
+    assert_clean_error(r, "no space left on device")
+    listed = {f for files in json.loads((out / "metadata.json").read_text())["formats"].values() for f in files}
+    present = {p.name for p in out.iterdir() if p.is_file()}
+    for variant in ("model.fp16.onnx", "model.int8.onnx", "model.int8.xml", "model.int8.bin"):
+        assert (variant in listed) == (variant in present), variant  # listed exactly when it is there, whole
+    assert not [p for p in out.iterdir() if p.name.startswith(".")] and not list(disk.glob(".*lock"))
+
+
 def test_read_only_out_is_a_one_line_error(ckpt, fmnist_dir, tmpfs):
     disk = tmpfs("ro", 1000, read_only=True)
     assert_clean_error(_onnx(ckpt, disk / "export", fmnist_dir), "cannot write", "read-only file system")

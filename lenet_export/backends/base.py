@@ -54,10 +54,12 @@ class Context:
             why = (self.metadata.get("skipped_formats") or {}).get(fmt.name)
             raise Skip(f"the export has no {name} (format {fmt.name}: {why or 'not requested'}; "
                        f"lenet-export onnx --formats {fmt.name})")
-        path = self.exported / name
-        if not path.is_file():
-            raise FileNotFoundError(f"missing artefact {name} in {self.exported}")
-        return path
+        from ..formats import files_of
+
+        for f in files_of(name):  # the artefact and its companions (model.bin beside model.xml)
+            if not (self.exported / f).is_file():
+                raise FileNotFoundError(f"missing {f} in {self.exported}")
+        return self.exported / name
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..formats import check_calibration
+from ..native import captured_stderr
 from .base import Backend, Context, Probe, Runner
 
 INSTALL = "pip install 'lenet-export[openvino]'"
@@ -24,7 +25,8 @@ def _open(artefact: str):
         from ..formats.openvino import openvino_rt_info
 
         core = ov.Core()
-        model = core.read_model(str(ctx.artefact(artefact)))
+        with captured_stderr():  # on a file it cannot parse, every frontend it tries logs its own error
+            model = core.read_model(str(ctx.artefact(artefact)))
         check_calibration(openvino_rt_info(model).get("calibration"))  # the INT8 IR's; the FP32 IR records none
         compiled = core.compile_model(model, "CPU", CONFIG)
         request = compiled.create_infer_request()
@@ -48,7 +50,8 @@ def _probe(ctx: Context) -> Probe:
     from ..layermap import recorded_map
 
     core = ov.Core()
-    model = core.read_model(str(ctx.artefact("model.xml")))
+    with captured_stderr():
+        model = core.read_model(str(ctx.artefact("model.xml")))
     points = recorded_map(ctx.metadata, "model.onnx", onnx.load(str(ctx.artefact("model.onnx"))))
     tensors = {n for op in model.get_ops() for o in op.outputs() for n in o.get_names()}
     points = {k: t for k, t in points.items() if t in tensors}  # what the converter kept (all, for these models)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..native import captured_stderr, quiet_logger
 from .base import Backend, Context, Probe, Runner
 from .torch_eager import INSTALL, hooked, leaves, module_runner
 
@@ -12,7 +13,8 @@ from .torch_eager import INSTALL, hooked, leaves, module_runner
 def _open(ctx: Context) -> Runner:
     import torch
 
-    program = torch.export.load(str(ctx.artefact("model.pt2")))
+    with captured_stderr(), quiet_logger("torch.export"):  # torch logs a traceback before it raises on a bad file
+        program = torch.export.load(str(ctx.artefact("model.pt2")))
     runner = module_runner(program.module(), "cpu", to_eval=False)
     runner.runtime["program"] = "torch.export ExportedProgram"
     return runner
@@ -21,7 +23,8 @@ def _open(ctx: Context) -> Runner:
 def _probe(ctx: Context) -> Probe:
     import torch
 
-    program = torch.export.load(str(ctx.artefact("model.pt2")))
+    with captured_stderr(), quiet_logger("torch.export"):
+        program = torch.export.load(str(ctx.artefact("model.pt2")))
     module = torch.export.unflatten(program)
     run_t = hooked(module, leaves(module))
     c, h, w = ctx.checkpoint["input_shape"]

@@ -23,7 +23,7 @@ import numpy as np
 from .. import backends as registry
 from ..backends import Context, Skip
 from ..backends.torch_eager import hooked, leaves
-from ..errors import ConfigError, first_line
+from ..errors import ArtefactError, ConfigError, LenetExportError, first_line
 from ..layermap import INPUT
 from ..parity import Tolerance
 from .stats import Accumulator, LayerStats
@@ -108,6 +108,10 @@ def localise(backend: str, ctx: Context, x_float: np.ndarray, x_uint8: np.ndarra
         probe = b.probe(ctx)
     except Skip as e:
         raise ConfigError(f"{backend} cannot run here: {e}") from None
+    except LenetExportError:
+        raise
+    except Exception as e:  # each runtime raises its own types on a broken artefact: one line naming it
+        raise ArtefactError(f"{backend} cannot load {b.artefact}: {first_line(e)}") from None
     model = model_from_checkpoint(ctx.checkpoint)
     modules = dict(model.named_modules())
     kinds = {n: type(modules[n]).__name__ for n in leaves(model)}
@@ -119,7 +123,10 @@ def localise(backend: str, ctx: Context, x_float: np.ndarray, x_uint8: np.ndarra
         xf, xu = np.ascontiguousarray(x_float[i:i + BATCH]), np.ascontiguousarray(x_uint8[i:i + BATCH])
         ref = {k: v.numpy() for k, v in ref_run(torch.from_numpy(xf)).items()}
         ref[INPUT] = xf
-        out = probe.run(xf, xu)
+        try:
+            out = probe.run(xf, xu)
+        except Exception as e:  # as above
+            raise ArtefactError(f"{backend} cannot run {b.artefact}: {first_line(e)}") from None
         for a in accs:
             a.add(ref[a.s.layer], out[a.s.tensor])
     res = DiffResult(backend, probe.artefact, probe.runtime, len(x_float), tol, [a.finish() for a in accs],

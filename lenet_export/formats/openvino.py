@@ -34,7 +34,10 @@ def openvino_rt_info(model) -> dict:
 def read_openvino_metadata(path: Path) -> dict:
     import openvino as ov
 
-    return openvino_rt_info(ov.Core().read_model(str(path)))
+    from ..native import captured_stderr
+
+    with captured_stderr():  # on a file it cannot parse, every frontend it tries logs its own error
+        return openvino_rt_info(ov.Core().read_model(str(path)))
 
 
 def _set_rt_info(model, meta: dict) -> None:
