@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tarfile
 import zlib
 from pathlib import Path
@@ -46,8 +47,14 @@ def _cifar_source(data_dir: Path, download: bool) -> tuple[str, Path]:
     kind, where = cifar_layout(data_dir) or ("none", data_dir)
     if kind == "batches":
         return "torchvision-cifar10", where
-    if kind == "batches-archive":  # canonical archive: torchvision md5-checks and unpacks
-        CIFAR10(str(where), train=True, download=True)
+    if kind == "batches-archive":  # canonical archive: md5-checked here, then unpacked by torchvision
+        from torchvision.datasets.utils import check_integrity
+
+        archive = where / CIFAR10.filename
+        if not check_integrity(str(archive), CIFAR10.tgz_md5):  # else torchvision would try to download it
+            raise DataError(f"{archive} is not the original CIFAR-10 archive (md5 mismatch)")
+        with download_errors("cifar10", data_dir):
+            CIFAR10(str(where), train=True, download=True)
         return "torchvision-cifar10", where
     if kind == "image-folder":
         return "image-folder", where
@@ -85,6 +92,22 @@ def _unpack_image_folder(archive: Path) -> Path:
     return folder
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_HEADER = 26  # signature, IHDR length and type, width, height, bit depth, colour type
+
+
+def _check_png_header(path: str, head: bytes, size: int) -> None:
+    """A PNG's size and bit depth from its IHDR chunk (the PNG specification's fixed layout), before decoding:
+    a few kilobytes can declare 20000 x 20000 pixels, which the decoder would allocate first."""
+    if head[:8] != PNG_SIGNATURE or len(head) < PNG_HEADER:
+        return  # not a PNG: the decoder and the checks after it judge it
+    w, h, depth = *struct.unpack(">II", head[16:24]), head[24]
+    if (w, h) != (size, size):
+        raise DataError(f"image {path} is {w}x{h}, expected {size}x{size}")
+    if depth != 8:
+        raise DataError(f"image {path} has {depth}-bit samples; lenet-export reads 8-bit images")
+
+
 def _load_image_folder(root: Path, classes: list[str], channels: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     from torchvision.datasets import ImageFolder
     from torchvision.io import ImageReadMode, decode_image, read_file
@@ -98,10 +121,14 @@ def _load_image_folder(root: Path, classes: list[str], channels: int, size: int)
     mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
     images = torch.empty((len(ds.samples), channels, size, size), dtype=torch.uint8)
     for i, (path, _) in enumerate(ds.samples):
+        data = read_file(path)
+        _check_png_header(path, bytes(data[:PNG_HEADER].numpy()), size)
         try:
-            img = decode_image(read_file(path), mode=mode)
+            img = decode_image(data, mode=mode)
         except RuntimeError as e:
             raise DataError(f"cannot decode image {path}: {e}") from None
+        if img.dtype != torch.uint8:  # a 16-bit PNG: its values would wrap modulo 256
+            raise DataError(f"image {path} has {img.dtype} pixels; lenet-export reads 8-bit images")
         if img.shape[1:] != (size, size):
             raise DataError(f"image {path} is {img.shape[2]}x{img.shape[1]}, expected {size}x{size}")
         images[i] = img

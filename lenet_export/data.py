@@ -91,16 +91,31 @@ def _fmnist_root(data_dir: Path, download: bool) -> Path:
 
 
 def _unpack_fmnist(src: Path) -> Path:
-    """Unpack (stdlib gzip) and md5-check the four .gz files into the cache; torchvision reads only those."""
+    """Unpack (stdlib gzip) and md5-check the four .gz files into the cache; torchvision reads only those.
+
+    The cache entry is keyed by what it was made from (each file's resolved path, size and mtime), so files in
+    another folder, or changed ones, are checked anew; the four are unpacked into a temporary folder and renamed
+    into place together, so a failed check leaves nothing in the cache."""
+    import hashlib
+
     from torchvision.datasets import FashionMNIST
 
-    root = cache_dir() / "fashion-mnist"
-    raw = root / "FashionMNIST" / "raw"
-    for fname, md5 in FashionMNIST.resources:
-        target = raw / Path(fname).stem
-        if not target.is_file():
-            with write_errors(raw):
-                atomic_write(target, functools.partial(_gunzip_checked, src / fname, md5, target.name))
+    gz = [src / fname for fname, _ in FashionMNIST.resources]
+    key = hashlib.sha256(repr([(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in gz]).encode())
+    root = cache_dir() / f"fashion-mnist-{key.hexdigest()[:16]}"
+    if root.is_dir():
+        return root
+    tmp = root.with_name(f"{root.name}.{os.getpid()}.tmp")
+    raw = tmp / "FashionMNIST" / "raw"
+    try:
+        with write_errors(root.parent):
+            raw.mkdir(parents=True, exist_ok=True)
+            for path, (_, md5) in zip(gz, FashionMNIST.resources):
+                target = raw / path.name.removesuffix(".gz")
+                atomic_write(target, functools.partial(_gunzip_checked, path, md5, target.name))
+            os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-unpacked stays in the cache
     return root
 
 

@@ -4,8 +4,9 @@ import gzip
 import hashlib
 import pickle
 import struct
+import shutil
 import tarfile
-from pathlib import Path
+import zlib
 
 import numpy as np
 import pytest
@@ -67,8 +68,22 @@ def test_fmnist_gz_folder_is_checked_and_unpacked_to_cache(tmp_path, small_fmnis
     _write_gz_folder(tmp_path / "debian", small_fmnist, monkeypatch)
     s = D.load_split("fashion-mnist", train=True, data_dir=tmp_path / "debian")
     assert len(s) == 12 and s.labels.tolist() == (np.arange(12) % 10).tolist()
-    assert (cache / "fashion-mnist" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    (entry,) = cache.glob("fashion-mnist-*")  # keyed by the files it was made from
+    assert (entry / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
     assert not list(cache.rglob("*.tmp"))
+
+
+def test_fmnist_cache_is_keyed_by_its_source(tmp_path, small_fmnist, monkeypatch, cache):
+    """A warm cache made from one folder never stands in for another folder's (corrupt) files."""
+    _write_gz_folder(tmp_path / "good", small_fmnist, monkeypatch)
+    assert len(D.load_split("fashion-mnist", train=True, data_dir=tmp_path / "good")) == 12
+    bad = tmp_path / "bad"
+    shutil.copytree(tmp_path / "good", bad)
+    blob = gzip.decompress((bad / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (bad / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(blob[:-1] + b"\x09"))  # one label changed
+    with pytest.raises(DataError, match="md5 mismatch"):
+        D.load_split("fashion-mnist", train=False, data_dir=bad)
+    assert len(list(cache.glob("fashion-mnist-*"))) == 1  # the good one only: nothing of the bad one stays
 
 
 def test_fmnist_gz_with_wrong_checksum_is_refused(tmp_path, small_fmnist, monkeypatch, cache):
@@ -76,6 +91,7 @@ def test_fmnist_gz_with_wrong_checksum_is_refused(tmp_path, small_fmnist, monkey
     monkeypatch.setattr(D, "FASHION_MNIST_UNPACKED_MD5", {k: "0" * 32 for k in D.FASHION_MNIST_UNPACKED_MD5})
     with pytest.raises(DataError, match="md5 mismatch"):
         D.load_split("fashion-mnist", train=True, data_dir=tmp_path / "debian")
+    assert not [p for p in cache.rglob("*") if p.is_file()]  # no unpacked file stays in the cache
 
 
 def test_fmnist_truncated_files_are_a_data_error(tmp_path, small_fmnist):
@@ -176,7 +192,7 @@ def test_image_folder_with_wrong_classes_or_sizes(tmp_path):
         D.load_split("cifar10", train=False, data_dir=tmp_path / "c")
 
 
-@pytest.mark.parametrize("member", ["../../canary", "/tmp/lenet-export-canary-abs", "link"])
+@pytest.mark.parametrize("member", ["../../canary", "ABSOLUTE", "link"])
 def test_archive_member_outside_the_cache_is_refused(member, tmp_path, cache):
     """A crafted cifar10*.tar.gz (path traversal, an absolute path, a symlink out): one-line error through the
     CLI, nothing written outside the cache, nothing left in it."""
@@ -186,6 +202,8 @@ def test_archive_member_outside_the_cache_is_refused(member, tmp_path, cache):
 
     canary = tmp_path / "canary"
     canary.write_text("keep")
+    absolute = tmp_path / "absolute-canary"
+    member = str(absolute) if member == "ABSOLUTE" else member
     archive = tmp_path / "dl" / "cifar10-jpeg.tar.gz"
     archive.parent.mkdir()
     with tarfile.open(archive, "w:gz") as tar:
@@ -200,9 +218,52 @@ def test_archive_member_outside_the_cache_is_refused(member, tmp_path, cache):
     r = run_cli("data", "--dataset", "cifar10", "--data-dir", archive.parent)
     # tarfile's data filter refuses the traversal and the link, and unpacks an absolute name inside the cache
     assert_clean_error(r, str(archive), "does not hold an image folder" if member.startswith("/") else "cannot unpack")
-    assert canary.read_text() == "keep" and not Path("/tmp/lenet-export-canary-abs").exists()
+    assert canary.read_text() == "keep" and not absolute.exists()
     if not member.startswith("/"):
         assert not cache.exists() or not any(cache.iterdir())  # nothing half-unpacked stays
+
+
+def test_offline_cifar_batches_archive_of_random_bytes(tmp_path, cache, monkeypatch):
+    """A cifar-10-python.tar.gz that is not the original: one line, and no download is attempted."""
+    from conftest import assert_clean_error, run_cli
+
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(np.random.default_rng(0).bytes(4096))
+    import urllib.request
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("a download was attempted"))
+    assert_clean_error(run_cli("data", "--dataset", "cifar10", "--data-dir", tmp_path), "md5 mismatch")
+
+
+def _png(width: int, height: int, depth: int, colour: int = 2) -> bytes:
+    """A PNG header (signature, IHDR, IEND) declaring these dimensions: what a decoder reads first."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_image_folder_png_header_is_checked_before_decoding(tmp_path):
+    """A few bytes declaring 20000 x 20000 pixels are refused from the header (the decoder would allocate ~1.2 GB
+    first); a 16-bit PNG is refused, not wrapped modulo 256."""
+    _image_folder(tmp_path / "a")
+    (tmp_path / "a" / "test" / "cat" / "0000.png").write_bytes(_png(20000, 20000, 8))
+    with pytest.raises(DataError, match="is 20000x20000, expected 32x32"):
+        D.load_split("cifar10", train=False, data_dir=tmp_path / "a")
+    _image_folder(tmp_path / "b")
+    rgb16 = (np.arange(32 * 32 * 3, dtype=np.uint16).reshape(32, 32, 3) * 40).astype(">u2")
+    path = tmp_path / "b" / "test" / "cat" / "0000.png"
+    _save_png16(path, rgb16)
+    with pytest.raises(DataError, match="16-bit samples"):
+        D.load_split("cifar10", train=False, data_dir=tmp_path / "b")
+
+
+def _save_png16(path, rgb16) -> None:
+    """A real 16-bit RGB PNG (zlib-compressed scanlines, filter 0)."""
+    raw = b"".join(b"\x00" + row.tobytes() for row in rgb16)
+    data = _png(32, 32, 16)[:-12]  # without IEND
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    path.write_bytes(data + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
 def test_corrupt_archive(tmp_path, cache):
