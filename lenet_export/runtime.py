@@ -126,8 +126,11 @@ class Classifier:
         h, w, c = self.height, self.width, self.channels
         if a.ndim == 2:
             a = a[None, :, :, None]
-        elif a.ndim == 3 and c == 1:  # N x H x W grey batch (or one H x W x 1 image)
-            a = a[None] if a.shape == (h, w, 1) else a[..., None]
+        elif a.ndim == 3 and c == 1:  # N x H x W grey batch, or one H x W x C image
+            if a.shape[:2] == (h, w) and a.shape[1:] != (h, w):
+                a = a[None]  # one image: its channel count is checked below
+            else:
+                a = a[..., None]
         elif a.ndim == 3:  # one H x W x C colour image
             a = a[None]
         elif a.ndim != 4:

@@ -96,3 +96,11 @@ def test_wrong_metadata_values_are_one_line_errors(tmp_path, changes, fragment):
         Classifier(bad)
     Image.fromarray(golden()[0]).save(tmp_path / "x.png")
     assert_clean_error(run_cli("predict", "--model", bad, tmp_path / "x.png"), "malformed metadata", fragment)
+
+
+def test_colour_image_to_a_grey_model_names_the_channels():
+    clf = Classifier(SHIPPED / "model.raw.onnx")
+    with pytest.raises(RuntimeInputError, match=r"images have 3 channel\(s\); the model expects 1"):
+        clf.classify(np.zeros((28, 28, 3), np.uint8))
+    assert clf.classify(np.zeros((3, 28, 28), np.uint8)).logits.shape == (3, 10)  # three grey images
+    assert clf.classify(np.zeros((28, 28, 1), np.uint8)).logits.shape == (1, 10)  # one grey image

@@ -226,3 +226,18 @@ def test_force_starts_over_but_keeps_the_previous_best(tmp_path, fmnist_dir):
     train(small_cfg(tmp_path / "r", fmnist_dir, epochs=1, seed=5, force=True), log=lambda _: None)
     assert (tmp_path / "r" / "previous-best.pth").read_bytes() == old
     assert load_checkpoint(tmp_path / "r" / "best.pth")["split"]["seed"] == 5
+
+
+def test_resume_with_another_runs_last_pth_says_so(fmnist_run, tmp_path):
+    """A last.pth copied in from another run (here: a CIFAR-10 run) is named as such, not reported as a missing
+    data set."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(fmnist_run, out)
+    state = load_checkpoint(out / "last.pth")
+    state = {k: v for k, v in state.items() if k not in ("format", "format_version")}
+    state["config"] = {**state["config"], "dataset": "cifar10", "model": "lenet-modern-cifar"}
+    save_checkpoint(state, out / "last.pth")
+    assert_clean_error(run_cli("train", "--resume", "--out", out),
+                       "belongs to another run (lenet-modern-cifar on cifar10)", "lenet-modern on fashion-mnist")

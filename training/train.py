@@ -112,6 +112,13 @@ class Trainer:
             raise CheckpointError(f"{last} is not a resumable training state (no {', '.join(missing) or 'config'})")
         known = {f.name for f in fields(TrainConfig)}
         saved = TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
+        try:  # the folder's run.json says which run it holds: a last.pth copied from another run is not it
+            recorded = json.loads((self.out / "run.json").read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if isinstance(recorded, dict) and any(recorded.get(k) != getattr(saved, k) for k in ("dataset", "model")):
+            raise CheckpointError(f"{last} belongs to another run ({saved.model} on {saved.dataset}) than the one "
+                                  f"{self.out / 'run.json'} records ({recorded.get('model')} on {recorded.get('dataset')})")
         # The run is defined by last.pth; options given now must agree with it, except these.
         diff = [f"{k}: {getattr(saved, k)} vs {getattr(cfg, k)}" for k in RUN_KEYS
                 if getattr(cfg, k) is not None and getattr(cfg, k) != getattr(saved, k)]
