@@ -165,7 +165,7 @@ def test_cli_table_json_and_exit_code(exports, runs, fmnist_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args,fragment", [(["--backend", "opencv-cpu"], "diff does not support backend 'opencv-cpu'"),
-                                            (["--backend", "nope"], "diff does not support backend 'nope'"),
+                                            (["--backend", "nope"], "unknown backend 'nope'; choose from: "),
                                             (["--backend", "ort-cpu", "--samples", "0"], "--samples must be")])
 def test_cli_clean_errors(args, fragment, exports, runs, fmnist_dir):
     r = run_cli("diff", "--exported", exports("fashion-mnist"), "--checkpoint", runs("fashion-mnist") / "best.pth",

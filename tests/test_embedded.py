@@ -194,3 +194,20 @@ def test_wrong_nnef_metadata_fails_verify(fmnist, fmnist_dir, tmp_path):
     assert rep.backends["tract-cpu"].status == "passed"  # the numbers are right ...
     assert not rep.passed and any(f.startswith("model.nnef.tar:metadata.json: classes is")
                                   for f in rep.metadata.failures), rep.metadata.failures
+
+
+def test_tract_archive_loads_whatever_the_metadata_holds(fmnist, tmp_path):
+    """Quotes in the metadata (a skip reason naming `pip install 'lenet-export[x]'`) must not break the archive."""
+    _needs("tract")
+    import tract
+
+    folder, _, ckpt = fmnist
+    meta = {**json.loads((folder / "metadata.json").read_text()), "note": "it's \"quoted\" 'twice'"}
+    src = tmp_path / "src"
+    src.mkdir()
+    model = model_from_checkpoint(ckpt)
+    _write(formats()["tract"], tmp_path, model, ckpt, meta, src)
+    tract.nnef().load(str(tmp_path / "model.nnef.tar"))
+    from lenet_export.formats.tract import read_nnef_metadata
+
+    assert read_nnef_metadata(tmp_path / "model.nnef.tar")["note"] == meta["note"]

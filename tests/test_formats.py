@@ -25,10 +25,13 @@ def needs(package):
 def test_default_export_writes_every_format(exports):
     out = exports("fashion-mnist")
     meta = json.loads((out / "metadata.json").read_text())
-    optional = {"openvino": "openvino", "executorch": "executorch", "litert": "litert_torch"}
-    expected = {"onnx", "raw-onnx", "torchscript", "pt2"} | {f for f, p in optional.items() if importlib.util.find_spec(p)}
+    from lenet_export.formats import EXPORT, registry
+
+    every = registry(EXPORT)
+    expected = {name for name, f in every.items() if f.missing() is None}  # each whose package is installed
+    assert {"onnx", "raw-onnx", "torchscript", "pt2"} <= expected
     assert set(meta["formats"]) == expected
-    assert set(meta["skipped_formats"]) == set(optional) - expected
+    assert set(meta["skipped_formats"]) == set(every) - expected
     for files in meta["formats"].values():
         assert all((out / f).is_file() for f in files)
 

@@ -192,10 +192,10 @@ def test_pte_metadata_is_read_when_its_runtime_runs(fmnist, fmnist_dir, runs):
     opts = dict(exported=folder, checkpoint=runs("fashion-mnist") / "best.pth", data_dir=str(fmnist_dir))
     without = verify(VerifyOptions(**opts, backends=("torch-cpu", "ort-cpu")), log=lambda _: None)
     assert "model.pte:metadata()" not in without.metadata.files
-    assert without.metadata.unchecked == {"model.pte:metadata()": "read by executorch-cpu's runtime, which was not requested"}
+    assert without.metadata.unchecked["model.pte:metadata()"] == "read by executorch-cpu's runtime, which was not requested"
     assert "model.tflite:lenet_export" in without.metadata.files  # cheap to read: always checked
     with_it = verify(VerifyOptions(**opts, backends=("torch-cpu", "executorch-cpu")), log=lambda _: None)
-    assert "model.pte:metadata()" in with_it.metadata.files and not with_it.metadata.unchecked
+    assert "model.pte:metadata()" in with_it.metadata.files and "model.pte:metadata()" not in with_it.metadata.unchecked
 
 
 def test_onnx_formats_option_writes_the_mobile_artefacts(runs, fmnist_dir, tmp_path, monkeypatch):

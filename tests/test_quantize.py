@@ -52,7 +52,7 @@ def test_variants_pass_their_budgets(dataset, quantized, runs, request):
     assert cal["split"] == "train" and cal["size"] == 500 and cal["seed"] == 0 and not cal["per_channel"]
     props = {p.key: p.value for p in onnx.load(out / "model.int8.onnx").metadata_props}
     assert json.loads(props["calibration"]) == cal and props["precision"] == "int8"
-    assert rep.metadata.passed and "model.int8.onnx" in rep.metadata.files
+    assert rep.metadata.passed and "model.int8.onnx:metadata_props" in rep.metadata.files
     if importlib.util.find_spec("nncf") and importlib.util.find_spec("openvino"):
         ov = _verify(out, dataset, runs, request, ("openvino-cpu", "openvino-cpu-int8"))
         e = ov.backends["openvino-cpu-int8"]

@@ -1,8 +1,12 @@
 """tract (Sonos' ONNX/NNEF engine in Rust, an implementation independent of ONNX Runtime): ``model.nnef.tar``,
 the model in NNEF, tract's own deployment format (loads without an ONNX parser), written by tract from
 ``model.onnx`` with the batch axis kept symbolic. The metadata is an extra member ``metadata.json`` of the tar,
-which tract's loader ignores (tract carries ONNX ``metadata_props`` into ``graph.nnef`` too, but its Python API
-cannot read string properties back)."""
+which tract's loader ignores.
+
+tract copies ONNX ``metadata_props`` into ``graph.nnef`` as properties without escaping quotes, so a value
+holding ``'`` (a skip reason such as "pip install 'lenet-export[openvino]'") makes an archive that tract itself
+cannot read back (found while building this); and its Python API cannot read string properties anyway. The
+ONNX model is therefore converted without its ``metadata_props``."""
 
 from __future__ import annotations
 
@@ -26,9 +30,16 @@ def read_nnef_metadata(path: Path) -> dict:
 
 
 def _write(t: Target) -> dict:
+    import tempfile
+
+    import onnx
     import tract
 
-    model = tract.onnx().load(str(t.input("model.onnx"))).into_model()
+    proto = onnx.load(str(t.input("model.onnx")))
+    del proto.metadata_props[:]  # see above
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx.save_model(proto, f"{tmp}/model.onnx")
+        model = tract.onnx().load(f"{tmp}/model.onnx").into_model()
     path = t.folder / "model.nnef.tar"
     tract.nnef().write_model_to_tar(model, str(path))
     data = json.dumps(t.metadata).encode()
