@@ -195,10 +195,16 @@ def verify(
     backends: Annotated[str, typer.Option(help=f"Comma-separated backends ({BACKENDS}), or all.")] = "all",
     atol: Annotated[float, typer.Option(help="Absolute logit tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative logit tolerance.")] = 1e-4,
-    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here, and its replayable record "
+                                                        "beside it (.npz).")] = None,
     require_cuda: Annotated[bool, typer.Option(help="Fail when a CUDA backend cannot run.")] = False,
+    replay: Annotated[Optional[Path], typer.Option(help="Rerun the backends of this report (written by verify "
+                                                        "--report, here or on another machine) and compare them "
+                                                        "with it sample by sample.")] = None,
 ):
     """Check that every runtime gives the checkpoint's logits and accuracy on the whole test set."""
+    if replay is not None:
+        return _replay(replay, exported, checkpoint, data_dir, report)
     from .diff import attach
     from .parity import Tolerance
     from .ui import print_report
@@ -210,6 +216,26 @@ def verify(
                                    require_cuda=require_cuda, report=report, localise=attach), log=lambda _: None)
     print_report(rep, report)
     rep.check()
+
+
+def _replay(record: Path, exported: Path, checkpoint, data_dir, report) -> None:
+    from .artefacts import refuse_input_as_output
+    from .fsutil import atomic_write_json, write_errors
+    from .replay import replay
+    from .ui import print_replay
+
+    refuse_input_as_output(report, exported, checkpoint, "--report")
+    if report is not None and Path(report).resolve() == Path(record).resolve():
+        raise ConfigError(f"--report {report} is the record being replayed; write it elsewhere")
+    res = replay(record, exported, checkpoint, str(data_dir) if data_dir else None, log=lambda _: None)
+    print_replay(res)
+    if report:
+        with write_errors(report):
+            atomic_write_json(report, res.to_dict())
+    if not res.passed:
+        differs = [n for n, b in res.backends.items() if b.status == "differs"]
+        raise ParityError(f"replay of {record} differs: {', '.join(differs)}" if differs
+                          else f"replay of {record}: no recorded backend could run here")
 
 
 @app.command(help=f"Write the reduced-precision variants ({VARIANTS}) with each runtime's own tools; those whose "

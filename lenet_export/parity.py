@@ -66,6 +66,9 @@ MESSAGES = {
     "run": "cannot run {what}: {message}",
     "fallback": "{message}",
     "require-cuda": "--require-cuda: {message}",
+    "replay-classes": "{count} samples changed class against the record (e.g. sample {sample})",
+    "replay-accuracy": "accuracy {here:.4f} here, {there:.4f} in the record: {points:.2f} points apart "
+                       "(budget {budget:.2f})",
 }
 
 

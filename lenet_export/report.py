@@ -14,7 +14,7 @@ from .errors import ConfigError, ParityError
 from .metadata import MetadataCheck
 from .parity import BatchInvariance, Failure, Flip, LogitStats, Pairwise, Tolerance
 
-REPORT_FORMAT = 3  # 3: failures are objects {rule, numbers, sample, text}
+REPORT_FORMAT = 3  # 3: failures are objects {rule, numbers, sample, text}; machine; sidecar
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
 
@@ -84,6 +84,8 @@ class Report:
     backends: dict[str, BackendResult] = field(default_factory=dict)
     metadata: MetadataCheck = field(default_factory=MetadataCheck)
     pairwise: Pairwise | None = None
+    machine: dict = field(default_factory=dict)  # machine.Machine: the CPU and its kernel-relevant features
+    sidecar: dict | None = None  # {file, sha256}: the replayable record beside the report (lenet_export.record)
 
     @property
     def compared(self) -> list[str]:

@@ -134,6 +134,38 @@ def print_report(rep: "Report", path=None) -> None:
         console.print("[green]parity passed[/]" + (f"; report: {path}" if path else ""))
 
 
+MAX_SAMPLE_LINES = 10
+
+
+def print_replay(res) -> None:
+    """``verify --replay``: both machines, each backend against the record, the samples that changed class."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    console.print(f"replay of {res.record}")
+    console.print(f"recorded on: {res.there.summary}", markup=False)
+    console.print(f"here:        {res.here.summary}", markup=False)
+    console.print(f"difference:  {res.difference}", markup=False)
+    t = Table(title_justify="left")
+    for col in ("backend", "status", "accuracy there", "accuracy here", "max|Δ|", "samples changed", "note"):
+        t.add_column(col, no_wrap=True, justify="left" if col in ("backend", "status", "note") else "right")
+    style = {"reproduced": "green", "differs": "bold red", "skipped": "yellow"}
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for b in res.backends.values():
+        note = b.reason or (str(b.failures[0]) if b.failures else "")
+        t.add_row(b.name, f"[{style[b.status]}]{b.status}[/]", fmt(b.accuracy_there, ".4f"), fmt(b.accuracy_here, ".4f"),
+                  fmt(b.max_abs, ".1e"), str(b.differing_count), escape(note))
+    console.print(t)
+    for b in res.backends.values():
+        for d in b.differing[:MAX_SAMPLE_LINES]:
+            console.print(f"{b.name} sample {d.index}: class {d.there_class} (margin {d.there_margin:.3g}) in the "
+                          f"record, {d.here_class} (margin {d.here_margin:.3g}) here", markup=False)
+        if b.differing_count > MAX_SAMPLE_LINES:
+            console.print(f"{b.name}: ... and {b.differing_count - MAX_SAMPLE_LINES} more (--report)", markup=False)
+    if res.passed:
+        console.print("[green]replay reproduced the record[/]")
+
+
 def diff_line(backend: str, d: dict) -> str:
     """One line per localised backend (``DiffResult.to_dict()``, or ``{"error": ...}`` when diff failed)."""
     if "error" in d:

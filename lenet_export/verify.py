@@ -166,10 +166,10 @@ def requested(names: tuple[str, ...] | None) -> list[Backend]:
     return [registry.get(n) for n in dict.fromkeys([REFERENCE, *chosen])]
 
 
-def verify(opts: VerifyOptions, log=print) -> Report:
-    """Run the suite and return the report (also written to ``opts.report``); ``Report.check()`` is the verdict."""
-    _check_report_path(opts.report)
-    refuse_input_as_output(opts.report, opts.exported, opts.checkpoint, "--report")
+def run_suite(opts: VerifyOptions, log=print) -> tuple[Report, dict[str, np.ndarray], Inputs]:
+    """The suite without writing anything: (report, every backend's logits, the inputs)."""
+    from .machine import this_machine
+
     chosen = requested(opts.backends)
     export = load_export(Path(opts.exported), opts.checkpoint)
     ckpt = export.checkpoint
@@ -180,7 +180,7 @@ def verify(opts: VerifyOptions, log=print) -> Report:
                  exported=str(export.folder), checkpoint=str(export.checkpoint_path),
                  checkpoint_sha256=export.checkpoint_sha256, tolerance=opts.tolerance, reference=REFERENCE,
                  created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                 lenet_export_version=__version__)
+                 lenet_export_version=__version__, machine=this_machine().to_dict())
     rep.metadata = check_metadata(export, backends=[b.name for b in chosen])
     outputs: dict[str, np.ndarray] = {}
     for b in chosen:
@@ -196,6 +196,31 @@ def verify(opts: VerifyOptions, log=print) -> Report:
     if opts.localise:
         opts.localise(rep, ctx, inputs, opts.tolerance)  # e.g. the first diverging layer of each failed backend
     rep.pairwise = pairwise(outputs)
+    return rep, outputs, inputs
+
+
+def verify(opts: VerifyOptions, log=print) -> Report:
+    """Run the suite and return the report; with ``opts.report``, write it and its replayable record
+    (``record.sidecar_path``: every sample's class per backend, referenced by sha256 from the report)."""
+    _check_report_path(opts.report)
+    refuse_input_as_output(opts.report, opts.exported, opts.checkpoint, "--report")
+    rep, outputs, inputs = run_suite(opts, log)
     if opts.report:
-        rep.write(opts.report)
+        write_report(rep, outputs, inputs, Path(opts.report))
     return rep
+
+
+def write_report(rep: Report, outputs: dict[str, np.ndarray], inputs: Inputs, path: Path) -> None:
+    """The sidecar first (atomically), then the report that names it and its sha256."""
+    import hashlib
+
+    from .fsutil import atomic_write_bytes, write_errors
+    from .record import sidecar_bytes, sidecar_path
+
+    approximate = {n for n, b in rep.backends.items() if b.precision != "fp32"}
+    data = sidecar_bytes(outputs, inputs.labels, rep.reference, approximate)
+    side = sidecar_path(path)
+    with write_errors(side):
+        atomic_write_bytes(side, data)
+    rep.sidecar = {"file": side.name, "sha256": hashlib.sha256(data).hexdigest()}
+    rep.write(path)
