@@ -1,0 +1,83 @@
+"""What the CLI's verbs share: one-line errors for library and usage errors, the option values taken from the
+registries (help texts are derived from them, never written by hand), and option parsing helpers."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import warnings
+
+import typer
+
+from . import backends as backend_registry, formats as format_registry
+from .errors import ConfigError, LenetExportError
+
+OPTIONAL_FORMATS = ", ".join(f.name for f in format_registry.registry(format_registry.EXPORT).values()
+                             if not f.required)
+VARIANTS = ", ".join(f.artefact for f in format_registry.registry(format_registry.QUANTIZE).values())
+BACKENDS = ", ".join(backend_registry.names())
+CPU_BACKENDS = ", ".join(backend_registry.names("cpu"))
+PROBED = ", ".join(backend_registry.probed())
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """click's usage errors (an unknown verb, ``--epochs abc``, a missing argument) as the one ``error:`` line
+    every other bad input gets, instead of click's usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer 0.2x vendors click
+        except ImportError:  # pragma: no cover - older typer on click
+            from click.exceptions import ClickException, NoArgsIsHelpError
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as e:  # `lenet-export` alone: the help, as click shows it
+            print(e.format_message())
+            sys.exit(e.exit_code)
+        except ClickException as e:
+            print(f"error: {e.format_message()} (see lenet-export --help)", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            print("error: aborted", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _quiet_libraries() -> None:
+    # torch 2.15 announces TorchScript's deprecation and the exporters chatter; none of it is actionable
+    # for a user of this tool. Our own messages go through rich, not warnings.
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def cli_errors(fn):
+    """Turn library errors into one line and an exit code; never a traceback for bad input."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .ui import fail
+
+        _quiet_libraries()
+        try:
+            return fn(*args, **kwargs)
+        except LenetExportError as e:
+            fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except MemoryError:
+            fail("out of memory", 1)
+    return wrapper
+
+
+def backend_names(spec: str) -> tuple[str, ...] | None:
+    """``all`` -> None; otherwise the names, at least one."""
+    if spec.strip() == "all":
+        return None
+    names = tuple(b.strip() for b in spec.split(",") if b.strip())
+    if not names:
+        raise ConfigError(f"--backends {spec!r} names no backend; choose from: {BACKENDS} (or all)")
+    return names
