@@ -127,8 +127,14 @@ def verify(
     replay: Annotated[Optional[Path], typer.Option(help="Rerun the backends of this report (written by verify "
                                                         "--report, here or on another machine) and compare them "
                                                         "with it sample by sample.")] = None,
+    public_key: Annotated[Optional[Path], typer.Option(help="Refuse the export if any file differs from what "
+                                                            "this key signed (lenet-export sign).")] = None,
 ):
     """Check that every runtime gives the checkpoint's logits and accuracy on the whole test set."""
+    if public_key is not None:
+        from .signing import check_files
+
+        check_files(exported, public_key)
     if replay is not None:
         return _replay(replay, exported, checkpoint, data_dir, report)
     from .diff import attach
@@ -256,6 +262,8 @@ def predict(
     resize: Annotated[bool, typer.Option(help="Scale images whose size differs from the model's input "
                                               "(default: reject them).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    public_key: Annotated[Optional[Path], typer.Option(help="Refuse the model unless it is what this key signed "
+                                                            "(model.sig beside it).")] = None,
 ):
     """Classify image files with an exported ONNX model (torch-free)."""
     import json
@@ -265,7 +273,7 @@ def predict(
     from .runtime import Classifier, load_image
     from .ui import console
 
-    clf = Classifier(model)
+    clf = Classifier(model, public_key=public_key)
     batch = np.stack([load_image(p, clf.channels, (clf.height, clf.width), resize) for p in images])
     pred = clf.classify(batch)
     rows = [{"file": str(p), "label": int(pred.labels[i]), "class": pred.class_names[i],
@@ -275,6 +283,21 @@ def predict(
     else:
         for r in rows:
             console.print(f"{r['file']}\t{r['class']}\t{r['probability']:.4f}", markup=False)
+
+
+@app.command()
+@cli_errors
+def sign(
+    exported: Exported = SHIPPED,
+    key: Annotated[Path, typer.Option(help="Elliptic-curve private key (PEM, unencrypted) to sign with.")] = Path(
+        "signing-key.pem"),
+):
+    """Sign a verified export folder (OpenSSF model-signing) and its verify verdict (in-toto, same key)."""
+    from .signing import sign as run_sign
+    from .ui import log
+
+    res = run_sign(exported, key)
+    log(f"signed {res.files} files: {res.signature}; verdict {res.verdict}: {res.attestation}")
 
 
 @app.command()

@@ -99,10 +99,17 @@ def parse_metadata(path: Path, props: dict, input_names: list[str], output_shape
 class Classifier:
     """An exported lenet-export ONNX model with its metadata (classes, input geometry, normalisation)."""
 
-    def __init__(self, path: str | Path, providers: list | None = None):
+    def __init__(self, path: str | Path, providers: list | None = None, public_key: str | Path | None = None):
+        """``public_key``: refuse the model unless its bytes are what this key signed (``lenet-export sign``
+        wrote ``model.sig`` beside it); the bytes checked are the bytes loaded."""
         path = Path(path)
+        model: Path | bytes = path
+        if public_key is not None:
+            from .signing import signed_bytes
+
+            model = signed_bytes(path, Path(public_key))
         try:  # a CUDA provider that cannot start falls back quietly (log level 4); .provider says what ran
-            self.session = open_session(path, "auto", providers=providers, log_level=4)
+            self.session = open_session(model, "auto", providers=providers, log_level=4)
         except ArtefactError as e:
             raise ModelMetadataError(str(e)) from None
         props = self.session.get_modelmeta().custom_metadata_map

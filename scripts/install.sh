@@ -14,6 +14,18 @@ if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m p
   cat .venv/install.log >&2
   exit 1
 fi
+# The signing environment: OpenSSF model-signing cannot share .venv with litert-torch (see pyproject.toml,
+# extra `sign`), so `lenet-export sign` runs from .venv-sign: the torch-free core, onnxruntime and model-signing,
+# pinned by constraints-sign.txt. Made for the tests (and ship); anything else needs only .venv.
+case ",$EXTRAS," in
+  *,test,*|*,sign,*)
+    [ -x .venv-sign/bin/python ] || "${PYTHON:-python3}" -m venv .venv-sign
+    echo "installing lenet-export[cpu,sign] into .venv-sign (log: .venv-sign/install.log)"
+    if ! .venv-sign/bin/python -m pip install -q -c constraints-sign.txt -e ".[cpu,sign]" > .venv-sign/install.log 2>&1; then
+      cat .venv-sign/install.log >&2
+      exit 1
+    fi ;;
+esac
 # Debian packages, best effort where apt is usable: the data set, and for the tests a real browser (chromium,
 # driven by puppeteer-core from examples/web). Tests whose tool is missing skip with the reason.
 APT=()
