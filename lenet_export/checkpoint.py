@@ -68,7 +68,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):  # torch.save's format; anything else (random bytes, text) is no checkpoint
-        raise CheckpointError(f"{path} is not a checkpoint (not a PyTorch zip archive)")
+        raise CheckpointError(f"{path} is truncated or not a checkpoint (not a PyTorch zip archive)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

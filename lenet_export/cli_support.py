@@ -19,6 +19,7 @@ VARIANTS = ", ".join(f.artefact for f in format_registry.registry(format_registr
 BACKENDS = ", ".join(backend_registry.names())
 CPU_BACKENDS = ", ".join(backend_registry.names("cpu"))
 PROBED = ", ".join(backend_registry.probed())
+TOOLCHAIN = "this command needs the toolchain: pip install 'lenet-export[export]'"
 
 
 class OneLineErrors(typer.core.TyperGroup):
@@ -66,6 +67,10 @@ def cli_errors(fn):
             return fn(*args, **kwargs)
         except LenetExportError as e:
             fail(str(e), e.exit_code)
+        except ModuleNotFoundError as e:  # a light install (no torch) asked for a toolchain verb
+            top = (e.name or "").split(".")[0]
+            hint = TOOLCHAIN if top in ("torch", "torchvision", "onnxscript") else "see the README, 'Set-up'"
+            fail(f"{top or e} is not installed here ({hint})", 2)
         except KeyboardInterrupt:
             fail("interrupted", 130)
         except MemoryError:

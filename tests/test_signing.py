@@ -129,3 +129,22 @@ def test_sign_then_verify_both_ways(signed, key, fmnist_dir):
 
 def test_sign_refuses_bad_input(tmp_path, key):
     assert_clean_error(run_cli("sign", "--exported", tmp_path, "--key", key[0]), "is not a verified export folder")
+
+
+def test_the_signing_environment_is_torch_free_and_runs_the_model(tmp_path):
+    """.venv-sign holds the torch-free core: the runtime and predict work, a toolchain verb says what is missing."""
+    env = _sign_env()
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "x.png")
+    r = subprocess.run([str(env / "python"), "-c", "import torch"], capture_output=True, text=True)
+    assert r.returncode != 0  # torch cannot be imported there
+    r = subprocess.run([str(env / "lenet-export"), "predict", str(tmp_path / "x.png"), "--model",
+                        str(SHIPPED["fashion-mnist"] / "model.raw.onnx"), "--public-key", str(SHIPPED_KEY)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "x.png" in r.stdout, r.stderr
+    r = subprocess.run([str(env / "lenet-export"), "train", "--epochs", "1", "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == ("error: torch is not installed here (this command needs the "
+                                                      "toolchain: pip install 'lenet-export[export]')"), r.stderr

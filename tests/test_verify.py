@@ -288,13 +288,14 @@ def test_garbage_artefact_fails_its_backend_and_report_is_written(artefact, back
     assert all(rep["backends"][n]["status"] == "passed" for n in others)
 
 
-@pytest.mark.parametrize("backends", ["torch-cpu", ""])
-def test_reference_alone_does_not_pass(backends, runs, exports, fmnist_dir, tmp_path):
+@pytest.mark.parametrize("backends, message, code", [("torch-cpu", "nothing was compared", 1),
+                                                    ("", "names no backend", 2)])
+def test_reference_alone_does_not_pass(backends, message, code, runs, exports, fmnist_dir, tmp_path):
     bad = _copy(exports, tmp_path)
     (bad / "model.onnx").write_bytes(b"not an onnx file")
     r = _cli(bad, runs, fmnist_dir, "--backends", backends)
-    assert_clean_error(r, "nothing was compared")
-    assert r.exit_code == 1
+    assert_clean_error(r, message)
+    assert r.exit_code == code
 
 
 def test_metadata_json_that_is_a_list(runs, exports, fmnist_dir, tmp_path):
