@@ -81,6 +81,8 @@ def ship(dataset: str, data_dir: str | None, root: Path = Path("exported"), runs
 
 
 def model_card(folder: Path, rep: "Report") -> str:
+    from .machine import Machine
+
     meta = json.loads((folder / "metadata.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
     rows = markdown_table([v for v in rep.backends.values() if v.ran], rep.samples, CARD_COLUMNS)
@@ -104,6 +106,10 @@ Classes: {', '.join(meta['classes'])}.
 | training time | {metrics['train_seconds']:.0f} s on the machine that built it (2 CPU cores) |
 
 ## Parity (`lenet-export verify`, whole test set, tolerance atol {rep.tolerance.atol:g} rtol {rep.tolerance.rtol:g})
+Measured on {Machine.from_dict(rep.machine).summary}. Timings are of that machine; the FP16 and INT8 results
+depend on the CPU's kernels: `lenet-export verify --exported <this folder> --replay <this folder>/verify.json`
+reruns every backend on yours and names any sample that changes.
+
 {rows}
 
 {skipped_txt}
@@ -154,6 +160,9 @@ Normalised input: `(pixel / 255 - mean) / std`, mean {meta['mean']}, std {meta['
 {lines}
 - `test_data_set_0/`, `raw_test_data_set_0/`: golden inputs/outputs (ONNX test-data layout), one real test image per class.
 - `best.pth`: the checkpoint (sha256 `{meta['checkpoint_sha256']}`), `metadata.json`, `metrics.json`, `history.csv`.
+- `verify.json` + `verify.npz`: the parity report and its replayable record (every sample's class per backend).
+- `model.sig` (where signed): OpenSSF model-signing signature of every file; `verify.intoto.json`: the verify
+  verdict as a signed in-toto statement. Check with `lenet-export verify --public-key PUB.pem` (see the README).
 
 ## Embed
 Python without torch:
