@@ -72,7 +72,9 @@ def test_openvino_and_opencv_snippets_run_without_torch(marker, package):
 
 
 @pytest.mark.parametrize("marker,package,torch_free", [("embed-litert", "ai_edge_litert", True),
-                                                       ("embed-executorch", "executorch", False)])
+                                                       ("embed-executorch", "executorch", False),
+                                                       ("embed-ncnn", "ncnn", True), ("embed-mnn", "MNN", True),
+                                                       ("embed-tract", "tract", True)])
 def test_mobile_snippets_run(marker, package, torch_free):
     """The Python equivalents of the Android / embedded loading code, on the shipped model.pte / model.tflite."""
     import importlib.util
