@@ -32,14 +32,8 @@ APT=()
 [ -d /usr/share/datasets/fashion-mnist ] || APT+=(dataset-fashion-mnist)
 case ",$EXTRAS," in *,test,*) command -v chromium >/dev/null || APT+=(chromium) ;; esac
 if [ ${#APT[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  echo "installing ${APT[*]} (apt)"
-  # Another apt or dpkg (an unattended upgrade) may hold the lock: wait for it, up to 5 minutes, and say so.
-  if command -v fuser >/dev/null && fuser /var/lib/dpkg/lock-frontend >/dev/null 2>&1; then
-    echo "waiting for another apt/dpkg process to release its lock (up to 300 s)"
-  fi
-  LOCK=(-o DPkg::Lock::Timeout=300)
-  (apt-get "${LOCK[@]}" update -qq && DEBIAN_FRONTEND=noninteractive apt-get "${LOCK[@]}" install -y -qq "${APT[@]}") \
-    >>.venv/install.log 2>&1 \
+  echo "installing ${APT[*]} (apt; waits up to 300 s for another apt or dpkg, see .venv/install.log)"
+  bash scripts/apt-install.sh "${APT[@]}" >>.venv/install.log 2>&1 \
     || echo "apt-get install ${APT[*]} failed (see .venv/install.log); the tests that need it will skip"
 fi
 # npm packages, locked by each package-lock.json: examples/web (onnxruntime-web, for the ort-web backend and the

@@ -118,3 +118,60 @@ def test_json_output_that_is_a_folder_names_the_folder(export, fmnist_dir, tmp_p
     r = run_cli("diff", "--exported", export, "--data-dir", fmnist_dir, "--backend", "ort-cpu", "--samples", "8",
                 "--json", tmp_path / "out")
     assert_clean_error(r, f"cannot write {tmp_path / 'out'}: is a folder")
+
+
+def test_apt_waits_for_a_held_dpkg_lock(tmp_path):
+    """scripts/apt-install.sh (what install.sh runs): with the dpkg lock held by another process, it says it
+    waits and passes apt its lock timeout, instead of failing at once. apt-get and fuser are stand-ins here that
+    record what they were asked (the real apt is not for a test to drive)."""
+    import os
+    import subprocess
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "fuser").write_text("#!/bin/sh\nexit 0\n")  # "a process holds /var/lib/dpkg/lock-frontend"
+    (bin_ / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'calls'}\n")
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    r = subprocess.run(["bash", str(REPO / "scripts" / "apt-install.sh"), "dataset-fashion-mnist"], capture_output=True,
+                       text=True, env={**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "APT_LOCK_TIMEOUT": "7"})
+    assert r.returncode == 0, r.stderr
+    assert "waiting for another apt/dpkg process to release its lock (up to 7 s)" in r.stdout
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls == ["-o DPkg::Lock::Timeout=7 update -qq",
+                     "-o DPkg::Lock::Timeout=7 install -y -qq dataset-fashion-mnist"]
+
+
+def test_quantize_while_the_export_is_being_replaced_says_in_use(export, fmnist_dir):
+    """An `onnx --force` holding the folder's lock (another process): quantize says the folder is in use, not
+    that there is no checkpoint."""
+    import subprocess
+    import sys
+
+    lock = export.parent / f".{export.name}.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from lenet_export.fsutil import locked\n"
+                               f"with locked({str(lock)!r}):\n print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = run_cli("quantize", "--exported", export, "--data-dir", fmnist_dir)
+        assert_clean_error(r, "is in use by another process", f"pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_garbage_openvino_ir_is_one_line_from_the_real_cli(export, fmnist_dir):
+    """OpenVINO tries every frontend on a file it cannot parse, and each logs to file descriptor 2 (TensorFlow's
+    GraphDef parser: 9 lines): the real command's stderr holds only its own error line."""
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed")
+    (export / "model.xml").write_bytes(b"\x00garbage" * 50)
+    r = subprocess.run([sys.executable, "-m", "lenet_export", "verify", "--exported", str(export), "--data-dir",
+                        str(fmnist_dir), "--backends", "openvino-cpu"], capture_output=True, text=True, cwd=REPO,
+                       timeout=300)
+    assert r.returncode == 1 and "cannot load model.xml" in r.stdout
+    assert r.stderr.strip().startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
