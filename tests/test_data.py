@@ -301,6 +301,7 @@ def test_real_fashion_mnist(fmnist_dir):
     assert abs(mean[0] - 0.2860) < 1e-3 and abs(std[0] - 0.3530) < 1e-3
 
 
+@pytest.mark.heavy  # real training or a whole data set: not in the quick tier
 def test_real_cifar10_jpeg_copy(cifar_dir):
     te = D.load_split("cifar10", train=False, data_dir=cifar_dir)
     assert te.source == "jpeg-image-folder" and te.images.shape == (10000, 3, 32, 32)

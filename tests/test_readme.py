@@ -75,6 +75,7 @@ def test_openvino_and_opencv_snippets_run_without_torch(marker, package):
                                                        ("embed-executorch", "executorch", False),
                                                        ("embed-ncnn", "ncnn", True), ("embed-mnn", "MNN", True),
                                                        ("embed-tract", "tract", True)])
+@pytest.mark.heavy  # real training or a whole data set: not in the quick tier
 def test_mobile_snippets_run(marker, package, torch_free):
     """The Python equivalents of the Android / embedded loading code, on the shipped model.pte / model.tflite."""
     import importlib.util

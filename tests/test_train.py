@@ -64,6 +64,7 @@ def test_plots_are_written(fmnist_run):
         assert (fmnist_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.heavy  # real training or a whole data set: not in the quick tier
 def test_deterministic_on_cpu(tmp_path, fmnist_dir):
     a = train(small_cfg(tmp_path / "a", fmnist_dir), log=lambda _: None)
     b = train(small_cfg(tmp_path / "b", fmnist_dir), log=lambda _: None)
@@ -84,6 +85,7 @@ def test_best_checkpoint_is_the_best_epoch(tmp_path, fmnist_dir):
     assert best["epoch"] == top["epoch"] and best["val_acc"] == top["val_acc"]
 
 
+@pytest.mark.heavy  # real training or a whole data set: not in the quick tier
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, fmnist_dir):
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "lenet_export", "train", "--dataset", "fashion-mnist", "--model",

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 
 from conftest import assert_clean_error, run_cli
 from disks import fill, remount, tmpfs  # noqa: F401  (fixture)
@@ -48,6 +50,7 @@ def wait_for_lock(out, proc, timeout=120):
 # -- 2. one run per folder -------------------------------------------------------------------------------
 
 
+@pytest.mark.heavy  # real training or a whole data set: not in the quick tier
 def test_two_runs_started_together_one_is_refused(tmp_path, fmnist_dir):
     out = tmp_path / "race"
     args = cli_args(out, fmnist_dir, "--model", "lenet-modern", "--epochs", "2", "--train-limit", "3000")
@@ -62,6 +65,7 @@ def test_two_runs_started_together_one_is_refused(tmp_path, fmnist_dir):
     assert load_checkpoint(out / "best.pth")["epoch"] in (1, 2)
 
 
+@pytest.mark.heavy  # real training or a whole data set: not in the quick tier
 def test_a_killed_holder_does_not_block_the_folder(tmp_path, fmnist_dir):
     out = tmp_path / "killed"
     holder = subprocess.Popen(cli_args(out, fmnist_dir, *SMALL, "--epochs", "30"),
@@ -153,6 +157,7 @@ def test_out_that_is_a_file(tmp_path, fmnist_dir):
     assert (tmp_path / "f").read_text() == "keep"
 
 
+@pytest.mark.heavy  # real training or a whole data set: not in the quick tier
 def test_file_size_limit_is_a_one_line_error(tmp_path, fmnist_dir):
     """RLIMIT_FSIZE (no root needed): writes past it fail with EFBIG once SIGXFSZ is ignored."""
     import resource
