@@ -29,7 +29,7 @@ def discover(package: str, attribute: str) -> list:
 
 @functools.cache
 def _ordered() -> tuple[Format, ...]:
-    pending = sorted(discover(__name__, "FORMATS"), key=lambda f: (not f.required, f.stage != EXPORT, f.name))
+    pending = sorted(discover(__name__, "FORMATS"), key=lambda f: (not f.required, f.stage != EXPORT, f.order, f.name))
     names = [f.name for f in pending]
     if len(set(names)) != len(names):
         raise RuntimeError(f"two formats share a name: {sorted(n for n in names if names.count(n) > 1)}")

@@ -76,6 +76,7 @@ class Format:
     metadata: MetadataCopy | None = None
     not_embedded: str = ""  # with metadata None: why the artefact cannot hold a copy
     batch_range: tuple[int, int] | None = None  # None: any batch; (1, 1): a fixed batch of 1
+    order: int = 0  # writing order among formats free to go in any order: lower first
 
     @property
     def artefact(self) -> str:

@@ -68,6 +68,8 @@ def _write(t: Target) -> dict:
     return {"model.tflite": info}
 
 
+# Written last (order=1): litert-torch loads JAX, and a later fork (OpenVINO's import sends its usage event
+# from a forked process) would then warn that it may deadlock.
 FORMATS = (Format("litert", ("model.tflite",), _write, package="litert_torch", install=INSTALL,
-                  batch_range=(BATCH, BATCH), summary="LiteRT (TensorFlow Lite) flatbuffer",
+                  batch_range=(BATCH, BATCH), order=1, summary="LiteRT (TensorFlow Lite) flatbuffer",
                   metadata=MetadataCopy(TFLITE_METADATA_KEY, read_tflite_metadata, package="ai_edge_litert")),)
