@@ -42,7 +42,8 @@ class Machine:
         key = [f for f in self.features if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
                                                    "asimddp", "i8mm", "fphp")]
         has = " ".join(key) or "none of the INT8/FP16 extensions"
-        return f"{self.cpu} ({self.arch}; {has}{', no ' + '/'.join(missing) if missing else ''}), {self.threads} threads"
+        return (f"{self.cpu} ({self.arch}; {has}{', no ' + '/'.join(missing) if missing else ''}), "
+                f"{_threads(self.threads)}")
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
@@ -67,6 +68,10 @@ def this_machine() -> Machine:
                    [f for f in KERNEL_FEATURES if f in flags], threads, f"{platform.system()} {platform.release()}")
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
 def difference(here: Machine, there: Machine) -> str:
     """The difference that matters for kernels, in words: ``here has avx512_vnni; the record's CPU has not``."""
     only_here = [f for f in here.features if f not in there.features]
@@ -81,5 +86,5 @@ def difference(here: Machine, there: Machine) -> str:
     if only_there:
         parts.append(f"only in the record: {' '.join(only_there)}")
     if here.threads != there.threads:
-        parts.append(f"{here.threads} threads here, {there.threads} in the record")
+        parts.append(f"{_threads(here.threads)} here, {there.threads} in the record")
     return "; ".join(parts) or "same CPU model, features and threads"
