@@ -17,6 +17,20 @@ from .errors import ConfigError, ParityError
 app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Train LeNet-family networks, export them to every portable format and verify parity.")
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"lenet-export {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                   help="Print the version and exit.")] = False) -> None:
+    """Train LeNet-family networks, export them to every portable format and verify parity."""
+
+
 Exported = Annotated[Path, typer.Option(help="Export folder written by `lenet-export onnx`.")]
 ExportCheckpoint = Annotated[Optional[Path], typer.Option(help="The checkpoint it was exported from; "
                                                                "default: <exported>/best.pth.")]
@@ -86,7 +100,8 @@ def train(
 @cli_errors
 def onnx(
     checkpoint: Annotated[Path, typer.Option(help="best.pth written by `lenet-export train`.")],
-    out: Annotated[Optional[Path], typer.Option(help="Output folder; default: exported/<dataset>-<model>.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder; default: runs/<dataset>-<model>/export (never "
+                                                     "the shipped exported/ folders).")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (dynamo: 18 and up; torchscript: 9..20).")] = 18,
     exporter: Annotated[str, typer.Option(help="dynamo (torch.export based) or torchscript (legacy).")] = "dynamo",
     formats: Annotated[str, typer.Option(help=f"Comma-separated formats to write besides onnx and raw-onnx "

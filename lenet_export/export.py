@@ -55,7 +55,7 @@ def opset_range(exporter: str) -> tuple[int, int]:
 
 @dataclass
 class ExportOptions:
-    out: Path | None = None  # default: exported/<dataset>-<model>
+    out: Path | None = None  # default: runs/<dataset>-<model>/export
     opset: int = DEFAULT_OPSET
     exporter: str = "dynamo"
     formats: str = "all"  # "all" or a comma-separated list (see lenet_export.formats)
@@ -251,7 +251,8 @@ def export(checkpoint: str | Path, opts: ExportOptions, log=print) -> ExportResu
         raise ConfigError(f"opset {opts.opset} is not supported by the {opts.exporter} exporter; use {lo}..{hi}")
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
-    out = Path(opts.out) if opts.out else Path("exported") / f"{ckpt['dataset']}-{ckpt['model']}"
+    # the default is under runs/, never exported/: `--force` there must not replace a shipped model
+    out = Path(opts.out) if opts.out else Path("runs") / f"{ckpt['dataset']}-{ckpt['model']}" / "export"
     check_out(out, Path(checkpoint), opts.force)
     formats, skipped = select(opts.formats)
     if not opts.torchscript:

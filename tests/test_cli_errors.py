@@ -175,3 +175,10 @@ def test_garbage_openvino_ir_is_one_line_from_the_real_cli(export, fmnist_dir):
                        timeout=300)
     assert r.returncode == 1 and "cannot load model.xml" in r.stdout
     assert r.stderr.strip().startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_version():
+    from lenet_export import __version__
+
+    r = run_cli("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"lenet-export {__version__}"

@@ -160,7 +160,8 @@ def test_default_out_and_cli_output(runs, fmnist_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = run_cli("onnx", "--checkpoint", runs("fashion-mnist") / "best.pth", "--data-dir", fmnist_dir)
     assert r.exit_code == 0, r.output
-    out = tmp_path / "exported" / "fashion-mnist-lenet-modern"
+    out = tmp_path / "runs" / "fashion-mnist-lenet-modern" / "export"  # never into exported/
+    assert not (tmp_path / "exported").exists()
     assert {"model.onnx", "model.raw.onnx", "model.pt", "metadata.json"} <= {p.name for p in out.iterdir()}
     assert "TorchScript scripted" in r.stdout
 
