@@ -73,6 +73,9 @@ def _unpack_image_folder(archive: Path) -> Path:
     """Unpack with tarfile's ``data`` filter (PEP 706): a member outside the destination (``../x``, an absolute
     path, a link pointing out), a device file or a setuid bit is refused with ``tarfile.FilterError`` before
     anything is written there. (torchvision's ``extract_archive`` unpacked such members where they pointed.)"""
+    if not hasattr(tarfile, "data_filter"):  # PEP 706 arrived in 3.10.12 and 3.11.4
+        raise DataError(f"cannot unpack {archive} safely: this Python's tarfile has no extraction filter "
+                        "(use Python 3.10.12+ or 3.11.4+)")
     st = archive.stat()
     dest = cache_dir() / f"{archive.name.removesuffix('.tar.gz')}-{st.st_size}-{int(st.st_mtime)}"
     if not dest.is_dir():

@@ -151,6 +151,9 @@ def verify(
 
         check_files(exported, public_key)
     if replay is not None:
+        if backends != "all" or dataset or require_cuda or (atol, rtol) != (1e-4, 1e-4):
+            raise ConfigError("--replay reruns what the record says (its backends, data set and tolerance); "
+                              "--backends, --dataset, --atol, --rtol and --require-cuda do not apply")
         return _replay(replay, exported, checkpoint, data_dir, report)
     from .diff import attach
     from .parity import Tolerance
@@ -171,8 +174,10 @@ def _replay(record: Path, exported: Path, checkpoint, data_dir, report) -> None:
     from .replay import replay
     from .ui import print_replay
 
+    from .record import sidecar_path
+
     refuse_input_as_output(report, exported, checkpoint, "--report")
-    if report is not None and Path(report).resolve() == Path(record).resolve():
+    if report is not None and Path(report).resolve() in (Path(record).resolve(), sidecar_path(record).resolve()):
         raise ConfigError(f"--report {report} is the record being replayed; write it elsewhere")
     res = replay(record, exported, checkpoint, str(data_dir) if data_dir else None, log=lambda _: None)
     print_replay(res)
@@ -342,5 +347,3 @@ def models():
         log(f"{v.name:<20} {v.dataset:<14} {count_parameters(build_model(v.args)):>9,} params  {v.description}")
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()

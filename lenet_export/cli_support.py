@@ -71,6 +71,8 @@ def cli_errors(fn):
             top = (e.name or "").split(".")[0]
             hint = TOOLCHAIN if top in ("torch", "torchvision", "onnxscript") else "see the README, 'Set-up'"
             fail(f"{top or e} is not installed here ({hint})", 2)
+        except (PermissionError, IsADirectoryError, NotADirectoryError) as e:  # reading what the user named
+            fail(f"cannot read {e.filename or e}: {e.strerror or e}", 2)
         except KeyboardInterrupt:
             fail("interrupted", 130)
         except MemoryError:

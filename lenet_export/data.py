@@ -113,7 +113,11 @@ def _unpack_fmnist(src: Path) -> Path:
             for path, (_, md5) in zip(gz, FashionMNIST.resources):
                 target = raw / path.name.removesuffix(".gz")
                 atomic_write(target, functools.partial(_gunzip_checked, path, md5, target.name))
-            os.replace(tmp, root)
+            try:
+                os.replace(tmp, root)
+            except OSError:
+                if not root.is_dir():  # else another process unpacked the same files first: use theirs
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-unpacked stays in the cache
     return root

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import ConfigError, ExportError, first_line
+from .errors import ConfigError, ExportError, LenetExportError, first_line
 
 
 def current_umask() -> int:
@@ -194,7 +194,7 @@ def native_errors(folder: str | os.PathLike, what: str) -> Iterator[None]:
     ``ExportError`` naming ``what``. OSErrors pass through."""
     try:
         yield
-    except OSError:
+    except (OSError, LenetExportError):  # the disk's own errors, and the writers' one-line ones
         raise
     except Exception as e:
         try:

@@ -31,8 +31,10 @@ class Machine:
     @classmethod
     def from_dict(cls, d: dict | None) -> "Machine":
         d = d if isinstance(d, dict) else {}
-        return cls(str(d.get("cpu", "unknown")), str(d.get("arch", "unknown")), list(d.get("features") or []),
-                   int(d.get("threads") or 0), str(d.get("os", "")))
+        threads = d.get("threads")
+        return cls(str(d.get("cpu", "unknown")), str(d.get("arch", "unknown")),
+                   [str(f) for f in d.get("features") or [] if isinstance(f, str)],
+                   threads if isinstance(threads, int) else 0, str(d.get("os", "")))
 
     @property
     def summary(self) -> str:

@@ -106,7 +106,9 @@ def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
                 continue
             with native_errors(exported, f"{f.name} quantisation"):
                 made = _write_variant(f, target, exported)
-            meta["formats"] = {**meta.get("formats", {}), f.name: list(f.files)}
+            listed = meta.get("formats") if isinstance(meta.get("formats"), dict) else \
+                {n: list(registry()[n].files) for n in present_formats(meta)}  # an export made before `formats`
+            meta["formats"] = {**listed, f.name: list(f.files)}
             meta |= made
             meta["calibration"] = calibration
             atomic_write_json(exported / METADATA_FILE, meta)  # lists the variant once its files are in place

@@ -61,8 +61,12 @@ def load_record(path: Path, sha256: str | None) -> Record:
             arrays = {k: z[k] for k in z.files}
     except (ValueError, OSError) as e:
         raise ConfigError(f"{path} is not a readable record ({e})") from None
+    if LABELS_KEY not in arrays or REFERENCE_KEY not in arrays:
+        raise ConfigError(f"{path} is not a lenet-export record (no {LABELS_KEY} or {REFERENCE_KEY})")
     rec = Record(arrays.pop(LABELS_KEY).astype(np.int64), arrays.pop(REFERENCE_KEY))
     for key, value in arrays.items():
         name, _, kind = key.rpartition(".")
+        if kind not in ("classes", "margins", "logits"):
+            raise ConfigError(f"{path} is not a lenet-export record (unknown entry {key!r})")
         getattr(rec, kind)[name] = value
     return rec

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backends as registry
-from .errors import ConfigError, first_line
+from .errors import ConfigError, LenetExportError, first_line
 from .machine import Machine, difference, this_machine
 from .parity import BUDGETS, Failure, Tolerance, judge_approximate, top2_margin
 from .record import Record, load_record
@@ -78,13 +78,22 @@ class Replay:
 
 
 def _load_report(path: Path) -> dict:
+    """The report, its fields checked: it is the user's input."""
     try:
         rec = json.loads(Path(path).read_text())
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"--replay {path}: not a readable report ({first_line(e)})") from None
-    if not isinstance(rec, dict) or not isinstance(rec.get("backends"), dict) or not rec.get("sidecar"):
+    if not isinstance(rec, dict) or not isinstance(rec.get("backends"), dict) or not isinstance(rec.get("sidecar"), dict):
         raise ConfigError(f"--replay {path}: not a replayable lenet-export report (no sidecar; verify writes one "
                           "with --report since report format 3)")
+    backends = rec["backends"]
+    if not all(isinstance(b, dict) and b.get("precision", "fp32") in ("fp32", *BUDGETS) for b in backends.values()):
+        raise ConfigError(f"--replay {path}: its backends are not lenet-export results")
+    try:
+        Tolerance(**(rec.get("tolerance") or {}))
+        Machine.from_dict(rec.get("machine"))
+    except (TypeError, ValueError, LenetExportError) as e:
+        raise ConfigError(f"--replay {path}: malformed tolerance or machine ({first_line(e)})") from None
     return rec
 
 
@@ -131,7 +140,7 @@ def replay(report: Path, exported: Path, checkpoint: Path | None, data_dir: str 
         raise ConfigError(f"--replay {report} is the record of another export (checkpoint sha256 "
                           f"{str(rec.get('checkpoint_sha256'))[:12]}..., this export's {export.checkpoint_sha256[:12]}...)")
     record = load_record(Path(report).parent / str(rec["sidecar"].get("file")), rec["sidecar"].get("sha256"))
-    tol = Tolerance(**rec.get("tolerance", {}))
+    tol = Tolerance(**(rec.get("tolerance") or {}))
     ran = [n for n in rec["backends"] if n in record.classes]
     known = [n for n in ran if n in registry.registry()]
     here_rep, outputs, inputs = run_suite(VerifyOptions(exported=export.folder, checkpoint=checkpoint,
@@ -144,6 +153,8 @@ def replay(report: Path, exported: Path, checkpoint: Path | None, data_dir: str 
     out = Replay(str(report), there, here, difference(here, there))
     for name in ran:
         precision = rec["backends"][name].get("precision", "fp32")
+        if precision != "fp32" and name not in record.logits:
+            raise ConfigError(f"--replay {report}: the record has no logits for the variant {name}")
         if name not in outputs:
             res = here_rep.backends.get(name)
             why = (res.reason if res else None) or f"{name} is not a backend of this lenet-export"

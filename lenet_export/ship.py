@@ -83,7 +83,10 @@ def ship(dataset: str, data_dir: str | None, root: Path = Path("exported"), runs
 def model_card(folder: Path, rep: "Report") -> str:
     from .machine import Machine
 
+    from .checkpoint import load_checkpoint
+
     meta = json.loads((folder / "metadata.json").read_text())
+    split = load_checkpoint(folder / "best.pth")["split"]
     metrics = json.loads((folder / "metrics.json").read_text())
     rows = markdown_table([v for v in rep.backends.values() if v.ran], rep.samples, CARD_COLUMNS)
     skipped = {k: v.reason for k, v in rep.backends.items() if v.status == "skipped"}
@@ -94,7 +97,8 @@ A LeNet-family classifier exported by lenet-export {meta['lenet_export_version']
 
 ## Data
 {SOURCE_NOTE.get(metrics['data_source'], metrics['data_source'])}. Training split: the training set minus a
-seeded 10% validation split (seed 0); the test set is used only for the final figures below.
+seeded {100 * split['val_fraction']:g}% validation split (seed {split['seed']}); the test set is used only for the final
+figures below.
 Classes: {', '.join(meta['classes'])}.
 
 ## Accuracy
@@ -103,7 +107,7 @@ Classes: {', '.join(meta['classes'])}.
 | test accuracy (best-validation checkpoint) | {metrics['test_acc']:.4f} |
 | validation accuracy | {metrics['val_acc']:.4f} (epoch {metrics['best_epoch']} of {metrics['epochs_run']}) |
 | parameters | {metrics['num_parameters']:,} |
-| training time | {metrics['train_seconds']:.0f} s on the machine that built it (2 CPU cores) |
+| training time | {metrics['train_seconds']:.0f} s on the machine that trained it |
 
 ## Parity (`lenet-export verify`, whole test set, tolerance atol {rep.tolerance.atol:g} rtol {rep.tolerance.rtol:g})
 Measured on {Machine.from_dict(rep.machine).summary}. Timings are of that machine; the FP16 and INT8 results

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ArtefactError, ConfigError, first_line
+from .fsutil import sha256_file
 
 SIGNATURE = "model.sig"
 ATTESTATION = "verify.intoto.json"
@@ -43,14 +44,6 @@ class SignResult:
     attestation: Path
     files: int
     verdict: str
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _envelope_payload(envelope: dict, public_key: Path, where: str) -> dict:
@@ -80,8 +73,11 @@ def _envelope_payload(envelope: dict, public_key: Path, where: str) -> dict:
             continue
     else:
         raise ArtefactError(f"{where} is not signed by {public_key} (or was changed after signing)")
-    statement = json.loads(payload)
-    if ptype != PAYLOAD_TYPE or statement.get("_type") != STATEMENT_TYPE:
+    try:
+        statement = json.loads(payload)
+    except ValueError:
+        statement = None
+    if ptype != PAYLOAD_TYPE or not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         raise ArtefactError(f"{where} does not hold an in-toto statement")
     return statement
 
@@ -94,6 +90,8 @@ def signed_digests(folder: Path, public_key: Path) -> dict[str, str]:
     except (OSError, ValueError) as e:
         raise ArtefactError(f"{sig}: no readable signature ({first_line(e)}); sign the export first "
                             "(lenet-export sign)") from None
+    if not isinstance(bundle, dict):
+        raise ArtefactError(f"{sig} is not a signature bundle")
     statement = _envelope_payload(bundle.get("dsseEnvelope") or {}, public_key, str(sig))
     if statement.get("predicateType") != MODEL_PREDICATE:
         raise ArtefactError(f"{sig} is not a model-signing signature")
@@ -116,7 +114,7 @@ def check_files(folder: Path, public_key: Path, names: list[str] | None = None) 
             raise ArtefactError(f"{folder / name} was not signed (added after signing?)")
         if not (folder / name).is_file():
             raise ArtefactError(f"{folder / name} is missing: it was signed")
-        if file_sha256(folder / name) != signed[name]:
+        if sha256_file(folder / name) != signed[name]:
             raise ArtefactError(f"{folder / name}: its bytes differ from what was signed")
     return signed
 
@@ -169,6 +167,12 @@ def sign(folder: Path, key: Path) -> SignResult:
         private = serialization.load_pem_private_key(Path(key).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as e:
         raise ConfigError(f"--key {key}: not a readable unencrypted PEM private key ({first_line(e)})") from None
+    try:  # before anything is signed: a verdict that cannot be read must not leave a new model.sig behind
+        report = json.loads((folder / "verify.json").read_text())
+        if not isinstance(report, dict) or not isinstance(report.get("backends"), dict):
+            raise ValueError("not a lenet-export report")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{folder / 'verify.json'} is not a readable verify report ({first_line(e)})") from None
     ignored = hashing.Config().set_ignored_paths(paths=list(UNSIGNED), ignore_git_paths=True)
     try:
         signing.Config().use_elliptic_key_signer(private_key=Path(key)).set_hashing_config(ignored).sign(

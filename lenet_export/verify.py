@@ -92,7 +92,7 @@ def batch_plan(r: Runner) -> tuple[int, tuple[int, ...] | None]:
 
 
 def open_backend(b: Backend, ctx: Context, require_cuda: bool) -> tuple[BackendResult, Runner | None]:
-    res = BackendResult(b.name, SKIPPED, artefact=b.artefact, input=b.input)
+    res = BackendResult(b.name, SKIPPED, artefact=b.artefact, input=b.input, precision=b.precision)
     try:
         b.require_package()
         return res, b.open(ctx)
@@ -155,6 +155,8 @@ def _check_report_path(path: Path | None) -> None:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"--report {path} is a folder; give a file name")
+    if path.suffix == ".npz":  # the record is written beside the report as <name>.npz
+        raise ConfigError(f"--report {path}: give a .json name; the record beside it gets the .npz one")
     parent = path.parent if path.parent != Path("") else Path(".")
     probe = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
     if not probe.is_dir() or not os.access(probe, os.W_OK):

@@ -182,3 +182,19 @@ def test_version():
 
     r = run_cli("--version")
     assert r.exit_code == 0 and r.stdout.strip() == f"lenet-export {__version__}"
+
+
+def test_quantize_an_export_made_before_formats_were_recorded(export, fmnist_dir):
+    """metadata.json without `formats`: the variants are made, and the listing keeps the ONNX files."""
+    import json
+
+    meta = json.loads((export / "metadata.json").read_text())
+    for key in ("formats", "skipped_formats"):
+        meta.pop(key)
+    (export / "metadata.json").write_text(json.dumps(meta))
+    r = run_cli("quantize", "--exported", export, "--data-dir", fmnist_dir)
+    assert r.exit_code == 0, r.output
+    listed = json.loads((export / "metadata.json").read_text())["formats"]
+    assert {"onnx", "raw-onnx", "onnx-fp16", "onnx-int8"} <= set(listed)
+    r = run_cli("verify", "--exported", export, "--data-dir", fmnist_dir, "--backends", "ort-cpu,ort-cpu-int8")
+    assert r.exit_code == 0, r.output

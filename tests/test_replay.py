@@ -151,3 +151,18 @@ def test_machine_difference_names_the_features():
     assert "only here: avx512f avx512_vnni" in d and "'Intel Xeon' here, 'AMD EPYC' in the record" in d
     assert difference(a, a) == "same CPU model, features and threads"
     assert "no avx512f" in b.summary and "avx512_vnni" in a.summary
+
+
+def test_replay_refuses_malformed_records_and_options(recorded, fmnist_dir, tmp_path):
+    export, report = recorded
+    rep = json.loads(report.read_text())
+    cases = {"sidecar": "verify.npz", "tolerance": {"atol": "x"}, "backends": {"ort-cpu": "passed"}}
+    for key, value in cases.items():
+        (tmp_path / f"{key}.json").write_text(json.dumps({**rep, key: value}))
+        r = _replay(export, tmp_path / f"{key}.json", fmnist_dir)
+        assert r.exit_code == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.output, (key, r.output)
+    assert_clean_error(_replay(export, report, fmnist_dir, "--backends", "ort-cpu"), "do not apply")
+    assert_clean_error(_replay(export, report, fmnist_dir, "--report", report.with_suffix(".npz")),
+                       "is the record being replayed")
+    r = run_cli("verify", "--exported", export, "--data-dir", fmnist_dir, "--report", tmp_path / "r.npz")
+    assert_clean_error(r, "give a .json name")

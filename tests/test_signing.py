@@ -148,3 +148,18 @@ def test_the_signing_environment_is_torch_free_and_runs_the_model(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == ("error: torch is not installed here (this command needs the "
                                                       "toolchain: pip install 'lenet-export[export]')"), r.stderr
+
+
+def test_malformed_signature_and_report_are_one_line(signed, key, tmp_path):
+    (signed / SIGNATURE).write_text("[1, 2]")
+    with pytest.raises(ArtefactError, match="is not a signature bundle"):
+        check_files(signed, SHIPPED_KEY)
+    env = _sign_env() if (SIGN_ENV / "model_signing").is_file() else None
+    if env is None:
+        return
+    (signed / SIGNATURE).unlink()
+    (signed / "verify.json").write_text("{")
+    r = subprocess.run([str(env / "lenet-export"), "sign", "--exported", str(signed), "--key", str(key[0])],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "is not a readable verify report" in r.stderr, r.stderr
+    assert not (signed / SIGNATURE).exists()  # nothing was signed

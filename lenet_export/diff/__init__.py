@@ -77,7 +77,7 @@ class DiffResult:
 def _rows(order: list[str], kinds: dict[str, str], points: dict[str, str]) -> tuple[list[LayerStats], list[str]]:
     """Comparable points in execution order; each covers the torch leaves since the previous point."""
     points = dict(points)
-    for prev, leaf in zip(order, order[1:]):  # a batch norm folded into the conv before it (see mapping)
+    for prev, leaf in zip(order, order[1:]):  # a batch norm folded into the conv before it (see ``lenet_export.layermap``)
         if kinds[leaf].startswith("BatchNorm") and leaf not in points and prev in points:
             points[leaf] = points.pop(prev)
     rows = [LayerStats(INPUT, points[INPUT], [INPUT])] if INPUT in points else []

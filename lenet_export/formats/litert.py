@@ -6,7 +6,7 @@ tensor of ``model.onnx`` (shape 1 x C x H x W); the output is the logits.
 
 The metadata is stored the TFLite way, as a named entry of the flatbuffer's ``metadata`` table (the same
 mechanism as the converter's own ``min_runtime_version``), written with LiteRT's own flatbuffer tools, and
-under ``model.tflite`` in ``metadata.json``. ``metadata.read_tflite_metadata`` reads it without torch.
+under ``model.tflite`` in ``metadata.json``. ``read_tflite_metadata`` (below) reads it without torch.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import shutil
 import struct
 import subprocess
@@ -40,7 +41,10 @@ def pnnx_binary() -> Path:
     spec = importlib.util.find_spec("pnnx")
     if spec is None or not spec.submodule_search_locations:
         raise ExportError(f"pnnx is not installed ({INSTALL})")
-    return Path(next(iter(spec.submodule_search_locations))) / "pnnx"
+    exe = Path(next(iter(spec.submodule_search_locations))) / "pnnx"
+    if not exe.is_file() or not os.access(exe, os.X_OK):
+        raise ExportError(f"pnnx's converter binary is missing or not executable at {exe} ({INSTALL})")
+    return exe
 
 
 def fp16_blobs(param: Path, weights: Path) -> list[str]:

@@ -23,7 +23,10 @@ INSTALL = "pip install 'lenet-export[tract]'"
 
 def read_nnef_metadata(path: Path) -> dict:
     with tarfile.open(path) as tar:
-        member = tar.extractfile(METADATA_FILE)
+        try:
+            member = tar.extractfile(METADATA_FILE)
+        except KeyError:
+            member = None
         if member is None:
             raise ValueError(f"no {METADATA_FILE} in the archive")
         return json.loads(member.read())
