@@ -1,5 +1,6 @@
 """lenet-export train: real short runs, checkpoint contents, determinism, resume, atomic writes, bad input."""
 
+import hashlib
 import json
 import os
 import signal
@@ -110,6 +111,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, fmnist_dir):
         a = load_checkpoint(out / name)["state_dict"]
         b = load_checkpoint(ref2 / name)["state_dict"]
         assert all(torch.equal(a[k], b[k]) for k in a), name
+    # not only the weights: the bytes (the checkpoint records no folder and no --resume)
+    assert hashlib.sha256((out / "best.pth").read_bytes()).digest() == hashlib.sha256((ref2 / "best.pth").read_bytes()).digest()
     assert [h["val_acc"] for h in json.loads((out / "history.json").read_text())] == \
            [h["val_acc"] for h in json.loads((ref2 / "history.json").read_text())]
 
@@ -243,3 +246,13 @@ def test_resume_with_another_runs_last_pth_says_so(fmnist_run, tmp_path):
     save_checkpoint(state, out / "last.pth")
     assert_clean_error(run_cli("train", "--resume", "--out", out),
                        "belongs to another run (lenet-modern-cifar on cifar10)", "lenet-modern on fashion-mnist")
+
+
+@pytest.mark.heavy  # real training or a whole data set: not in the quick tier
+def test_same_command_into_two_folders_gives_the_same_bytes(tmp_path, fmnist_dir):
+    for name in ("a", "b"):
+        r = run_cli("train", "--out", tmp_path / name, "--data-dir", fmnist_dir, "--epochs", "1", "--train-limit", "2000")
+        assert r.exit_code == 0, r.output
+    # best.pth is the model; last.pth also holds the run's history with each epoch's wall-clock seconds
+    assert (tmp_path / "a" / "best.pth").read_bytes() == (tmp_path / "b" / "best.pth").read_bytes()
+    assert "out" not in load_checkpoint(tmp_path / "a" / "best.pth")["config"]

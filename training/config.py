@@ -28,8 +28,9 @@ RECIPES = {
 # Keys that define a run: resuming with a different value would not continue the same run.
 RUN_KEYS = ("dataset", "model", "batch_size", "lr", "optimizer", "schedule", "augment", "weight_decay",
             "label_smoothing", "seed", "val_fraction", "train_limit")
-# Keys that describe this machine or this invocation, not the model: never recorded in checkpoints.
-MACHINE_KEYS = ("data_dir",)
+# Keys that describe this machine or this invocation, not the model and its training: never recorded in
+# checkpoints, so the same run gives the same bytes in any folder, resumed or not.
+MACHINE_KEYS = ("data_dir", "out", "resume", "force", "device")
 
 
 @dataclass
