@@ -66,6 +66,7 @@ def ship(dataset: str, data_dir: str | None, root: Path = Path("exported"), runs
     export(run / "best.pth", ExportOptions(out=out, force=True, data_dir=data_dir), log=log)
     for name in RUN_FILES:
         shutil.copy2(run / name, out / name)
+    _plots(out, log)
     quantize(QuantizeOptions(exported=out, checkpoint=out / "best.pth", data_dir=data_dir), log=log)
     from .diff import attach
 
@@ -78,6 +79,20 @@ def ship(dataset: str, data_dir: str | None, root: Path = Path("exported"), runs
     atomic_write_text(out / "MODEL_CARD.md", model_card(out, report))
     log(f"shipped {out}")
     return out
+
+
+def _plots(folder: Path, log) -> None:
+    """curves.png and confusion.png from the folder's history.csv and metrics.json (the `plot` extra)."""
+    import csv
+
+    try:
+        from .training.plots import plot_run
+    except ImportError:
+        log("no plots: install the `plot` extra (matplotlib)")
+        return
+    history = list(csv.DictReader((folder / "history.csv").read_text().splitlines()))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    plot_run(history, metrics["confusion_matrix"], metrics["classes"], folder)
 
 
 def model_card(folder: Path, rep: "Report") -> str:
@@ -102,7 +117,7 @@ figures below.
 Classes: {', '.join(meta['classes'])}.
 
 ## Accuracy
-| | value |
+{"![training curves](curves.png)" + chr(10) + chr(10) if (folder / "curves.png").is_file() else ""}| | value |
 |---|---|
 | test accuracy (best-validation checkpoint) | {metrics['test_acc']:.4f} |
 | validation accuracy | {metrics['val_acc']:.4f} (epoch {metrics['best_epoch']} of {metrics['epochs_run']}) |
@@ -122,7 +137,7 @@ reruns every backend on yours and names any sample that changes.
 
 Metadata: {"all " + str(len(rep.metadata.files)) + " copies agree with the checkpoint (" + ", ".join(rep.metadata.files) + ")"
            if rep.metadata.passed else "; ".join(rep.metadata.failures)}.
-Full report: `verify.json`.
+Full report: `verify.json`.{(chr(10) + chr(10) + "![test confusion matrix](confusion.png)") if (folder / "confusion.png").is_file() else ""}
 
 {files_section(folder, meta)}
 """

@@ -13,7 +13,7 @@ SHIPPED = {"fashion-mnist": REPO / "exported" / "fashion-mnist-lenet-modern",
            "cifar10": REPO / "exported" / "cifar10-lenet-modern-cifar"}
 # every format and variant of the registry, and what ship adds
 FILES = [f for fmt in formats.registry().values() for f in fmt.files] + [
-         "best.pth", "metadata.json", "metrics.json", "verify.json",
+         "best.pth", "metadata.json", "metrics.json", "verify.json", "verify.npz", "curves.png", "confusion.png",
          "MODEL_CARD.md", "test_data_set_0/input_0.pb", "test_data_set_0/output_0.pb",
          "raw_test_data_set_0/input_0.pb", "raw_test_data_set_0/output_0.pb", "raw_test_data_set_0/output_1.pb"]
 
@@ -26,6 +26,7 @@ def test_shipped_folder_is_complete(dataset):
     card = (folder / "MODEL_CARD.md").read_text()
     metrics = json.loads((folder / "metrics.json").read_text())
     assert f"{metrics['test_acc']:.4f}" in card
+    assert "![training curves](curves.png)" in card and "![test confusion matrix](confusion.png)" in card
     if dataset == "cifar10":
         assert metrics["data_source"] == "jpeg-image-folder" and "JPEG copy" in card
     rep = json.loads((folder / "verify.json").read_text())

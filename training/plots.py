@@ -13,17 +13,19 @@ from lenet_export.fsutil import atomic_write  # noqa: E402
 
 
 def plot_run(history: list[dict], confusion: list[list[int]], classes: list[str], out: Path) -> None:
-    epochs = [h["epoch"] for h in history]
+    """``curves.png`` (loss and accuracy per epoch, with markers so a 1-epoch run shows its points, and the
+    best-validation epoch marked) and ``confusion.png`` into ``out``."""
+    epochs = [int(h["epoch"]) for h in history]
+    best = max(history, key=lambda h: float(h["val_acc"]))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
-    ax1.plot(epochs, [h["val_loss"] for h in history], label="val")
-    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax2.plot(epochs, [h["train_acc"] for h in history], label="train")
-    ax2.plot(epochs, [h["val_acc"] for h in history], label="val")
-    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    for ax in (ax1, ax2):
+    for ax, key, title in ((ax1, "loss", "loss"), (ax2, "acc", "accuracy")):
+        ax.plot(epochs, [float(h[f"train_{key}"]) for h in history], "o-", label="train")
+        ax.plot(epochs, [float(h[f"val_{key}"]) for h in history], "s-", label="validation")
+        ax.axvline(int(best["epoch"]), color="grey", linestyle="--", linewidth=1,
+                   label=f"best epoch {int(best['epoch'])} (val acc {float(best['val_acc']):.4f})")
+        ax.set(xlabel="epoch", ylabel=title, title=title, xticks=epochs)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(out / "curves.png", lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
