@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .artefacts import artefact_size, load_export, load_inputs
+from .artefacts import artefact_size, load_export
 from .backends import Context
 from .report import BackendResult, Timing, markdown_table
-from .verify import EVAL_BATCH, VerifyOptions, latency_batch1, open_backend, requested, verify
+from .verify import EVAL_BATCH, VerifyOptions, latency_batch1, open_backend, requested, run_suite
 
 SWEEP = (1, 4, 16, 64, 256, 1024, 4096)
 MIN_SECONDS = 0.25  # each batch size runs at least this long (and at least 2 batches)
@@ -68,10 +68,9 @@ def bench(exported: Path, checkpoint: Path | None, data_dir: str | None, backend
           log=print) -> tuple[list[BackendResult], int]:
     """Every requested CPU backend's verify result, its timing replaced by the bench figures: batch-1 latency
     and the best throughput of the batch sweep. Returns (results, test samples)."""
-    rep = verify(VerifyOptions(exported=exported, checkpoint=checkpoint, data_dir=data_dir, backends=backends),
-                 log=lambda _: None)
+    rep, _, inputs = run_suite(VerifyOptions(exported=exported, checkpoint=checkpoint, data_dir=data_dir,
+                                             backends=backends), log=lambda _: None)  # the test split, loaded once
     export = load_export(Path(exported), checkpoint)
-    inputs, _ = load_inputs(rep.dataset, export.checkpoint, data_dir)
     ctx = Context(export.folder, export.metadata, export.checkpoint)
     results = []
     for b in requested(backends):

@@ -4,6 +4,7 @@ the difference between the recording machine and this one. Torch-free, standard 
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from dataclasses import asdict, dataclass, field
@@ -48,7 +49,8 @@ class Machine:
                 f"{_threads(self.threads)}")
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
+@functools.cache  # /proc/cpuinfo does not change while a process runs: read it once
+def _cpuinfo() -> tuple[str, frozenset[str]]:
     name, flags = "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -60,14 +62,23 @@ def _cpuinfo() -> tuple[str, set[str]]:
                 flags = set(value.split())
     except OSError:
         pass
-    return name, flags
+    return name, frozenset(flags)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``model name`` in /proc/cpuinfo), else what ``platform`` knows."""
+    return _cpuinfo()[0] or platform.processor() or platform.machine()
+
+
+def available_threads() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def this_machine() -> Machine:
-    name, flags = _cpuinfo()
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return Machine(name or platform.processor() or platform.machine(), platform.machine(),
-                   [f for f in KERNEL_FEATURES if f in flags], threads, f"{platform.system()} {platform.release()}")
+    flags = _cpuinfo()[1]
+    return Machine(cpu_name(), platform.machine(), [f for f in KERNEL_FEATURES if f in flags], available_threads(),
+                   f"{platform.system()} {platform.release()}")
 
 
 def _threads(n: int) -> str:

@@ -11,7 +11,6 @@ exception from ``open`` or ``run`` fails the backend with its first line.
 from __future__ import annotations
 
 import importlib.util
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..artefacts import FLOAT, UINT8  # noqa: F401 (re-exported: the kinds of input a backend takes)
+from ..machine import cpu_name  # noqa: F401 (re-exported: what each backend reports it ran on)
 
 class Skip(Exception):
     """The backend cannot run on this machine; the message says why."""
@@ -116,16 +116,6 @@ class Backend:
     def require_package(self) -> None:
         if importlib.util.find_spec(self.package) is None:
             raise Skip(f"{self.package} is not installed ({self.install})")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cuda_device() -> str:

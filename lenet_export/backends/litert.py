@@ -7,10 +7,10 @@ batch and verify's batch-invariance check says "fixed batch 1".
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
+from ..machine import available_threads
 from ..native import captured_stderr
 from .base import Backend, Context, Runner, cpu_name
 
@@ -21,7 +21,7 @@ def _open(ctx: Context) -> Runner:
     import ai_edge_litert
     from ai_edge_litert.interpreter import Interpreter
 
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = available_threads()
     with captured_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
         interpreter = Interpreter(model_path=str(ctx.artefact("model.tflite")), num_threads=threads)
         interpreter.allocate_tensors()

@@ -4,11 +4,11 @@ Inputs are NCHW; MNN's internal NC4HW4 output is converted back to NCHW before i
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from ..formats.mnn import load_module
+from ..machine import available_threads
 from .base import Backend, Context, Runner, cpu_name
 
 INSTALL = "pip install 'lenet-export[mnn]' (or pip install MNN, the runtime alone)"
@@ -18,7 +18,7 @@ def _open(ctx: Context) -> Runner:
     import MNN
     from MNN import expr as F
 
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = available_threads()
     module = load_module(ctx.artefact("model.mnn"), threads)
 
     def run(x: np.ndarray) -> list[np.ndarray]:
