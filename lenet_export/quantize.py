@@ -92,6 +92,8 @@ def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
     with write_errors(exported), locked(exported.parent / f".{exported.name}.lock", what=str(exported)):
         export = load_export(exported, opts.checkpoint)
         meta = export.metadata
+        if not isinstance(meta.get("formats"), dict):  # an export made before `formats` was recorded
+            meta["formats"] = {n: list(registry()[n].files) for n in present_formats(meta)}
         x, calibration = calibration_images(export.checkpoint, opts)
         c, h, w = export.checkpoint["input_shape"]
         target = Target(exported, model_from_checkpoint(export.checkpoint), None, np.zeros((2, c, h, w), np.float32),
@@ -106,9 +108,7 @@ def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
                 continue
             with native_errors(exported, f"{f.name} quantisation"):
                 made = _write_variant(f, target, exported)
-            listed = meta.get("formats") if isinstance(meta.get("formats"), dict) else \
-                {n: list(registry()[n].files) for n in present_formats(meta)}  # an export made before `formats`
-            meta["formats"] = {**listed, f.name: list(f.files)}
+            meta["formats"][f.name] = list(f.files)
             meta |= made
             meta["calibration"] = calibration
             atomic_write_json(exported / METADATA_FILE, meta)  # lists the variant once its files are in place
