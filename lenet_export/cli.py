@@ -276,33 +276,41 @@ def bench(
 @app.command()
 @cli_errors
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="PNG or JPEG files.")],
-    model: Annotated[Path, typer.Option(help="An exported model.onnx or model.raw.onnx.")] = Path(
+    images: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.",
+                                                show_default=False)],
+    model: Annotated[Path, typer.Option(help="An exported ONNX model: model.onnx, model.raw.onnx or a variant.")] = Path(
         "exported/fashion-mnist-lenet-modern/model.onnx"),
-    resize: Annotated[bool, typer.Option(help="Scale images whose size differs from the model's input "
-                                              "(default: reject them).")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    fit: Annotated[str, typer.Option(help="exact (refuse other sizes), stretch, or letterbox (keep the aspect "
+                                          "ratio, fill with the border's median).")] = "exact",
+    resize: Annotated[bool, typer.Option(help="Same as --fit stretch.")] = False,
+    invert: Annotated[bool, typer.Option(help="Invert the pixels (dark drawings on a light background).")] = False,
+    top_k: Annotated[int, typer.Option(help="How many classes to give per image.")] = 1,
+    min_confidence: Annotated[float, typer.Option(help="Flag a result low_confidence below this top-1 "
+                                                       "probability.")] = 0.5,
+    output_format: Annotated[str, typer.Option("--format", help="text, json, jsonl or csv.")] = "text",
+    json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    save_inputs: Annotated[Optional[Path], typer.Option(help="Save each image as the model saw it (PNG) here.",
+                                                        show_default=False)] = None,
     public_key: Annotated[Optional[Path], typer.Option(help="Refuse the model unless it is what this key signed "
-                                                            "(model.sig beside it).")] = None,
+                                                            "(model.sig beside it).", show_default=False)] = None,
 ):
-    """Classify image files with an exported ONNX model (torch-free)."""
-    import json
+    """Classify your own images with an exported ONNX model (torch-free)."""
+    import sys
 
-    import numpy as np
+    from .predict import FITS, FORMATS, check_model_file, expand, render, score
+    from .runtime import Classifier
+    from .ui import counter
 
-    from .runtime import Classifier, load_image
-    from .ui import console
-
+    fit = "stretch" if resize else fit
+    fmt = "json" if json_out else output_format
+    if fit not in FITS or fmt not in FORMATS:
+        raise ConfigError(f"--fit must be one of {', '.join(FITS)} and --format one of {', '.join(FORMATS)}")
+    check_model_file(model)
+    files = expand(images)
     clf = Classifier(model, public_key=public_key)
-    batch = np.stack([load_image(p, clf.channels, (clf.height, clf.width), resize) for p in images])
-    pred = clf.classify(batch)
-    rows = [{"file": str(p), "label": int(pred.labels[i]), "class": pred.class_names[i],
-             "probability": round(float(pred.probabilities[i, pred.labels[i]]), 6)} for i, p in enumerate(images)]
-    if json_out:
-        print(json.dumps({"model": str(model), "provider": pred.provider, "predictions": rows}, indent=2))
-    else:
-        for r in rows:
-            console.print(f"{r['file']}\t{r['class']}\t{r['probability']:.4f}", markup=False)
+    with counter(len(files), "images") as advance:
+        rows = list(score(clf, files, fit, invert, top_k, min_confidence, save_inputs, advance))
+    sys.stdout.write(render(rows, fmt, str(model), clf.provider))
 
 
 @app.command()

@@ -200,8 +200,10 @@ def _to_8bit(img, path):
     return img
 
 
-def load_image(path: str | Path, channels: int, size: tuple[int, int], resize: bool = False) -> np.ndarray:
-    """Decode a PNG/JPEG file (8 or 16 bit) to uint8 H x W (grey) or H x W x 3; needs Pillow.
+def load_image(path: str | Path, channels: int, size: tuple[int, int], resize: bool = False,
+               keep_size: bool = False) -> np.ndarray:
+    """Decode a PNG/JPEG file (8 or 16 bit) to uint8 H x W (grey) or H x W x 3; needs Pillow. A size other than
+    ``size`` is refused, unless ``resize`` (stretched to ``size``) or ``keep_size`` (returned as it is).
 
     Images over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) are refused, not decoded.
     """
@@ -213,10 +215,10 @@ def load_image(path: str | Path, channels: int, size: tuple[int, int], resize: b
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow only warns up to 2x the limit
             with Image.open(path) as img:
                 img = _to_8bit(img, path).convert("L" if channels == 1 else "RGB")
-                if img.size != (w, h):
+                if img.size != (w, h) and not keep_size:
                     if not resize:
                         raise RuntimeInputError(f"{path} is {img.size[0]}x{img.size[1]}; the model expects {w}x{h} "
-                                                "(pass --resize to scale it)")
+                                                "(pass --fit stretch or --fit letterbox to fit it)")
                     img = img.resize((w, h), Image.Resampling.BILINEAR)
                 return np.asarray(img, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -35,6 +35,16 @@ def epoch_progress() -> Iterator[Callable[[int, int, int], Callable[[int, float,
         yield start
 
 
+@contextlib.contextmanager
+def counter(total: int, what: str) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n)``: a transient progress bar on stderr (only on a terminal, and output stays clean)."""
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
+        task = progress.add_task(what, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
 def log(msg: str) -> None:
     console.print(msg, soft_wrap=True, markup=False)
 

@@ -127,7 +127,8 @@ def test_predict_cli(dataset, exports, tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["provider"] == "CPUExecutionProvider"
-    assert [p["class"] for p in out["predictions"]] == [classes[i] for i in expected.argmax(1)]
+    assert [p["label"] for p in out["predictions"]] == [classes[i] for i in expected.argmax(1)]
+    assert [p["index"] for p in out["predictions"]] == list(expected.argmax(1))
     np.testing.assert_allclose([p["probability"] for p in out["predictions"]], expected.max(1), atol=1e-5)
     r = run_cli("predict", "--model", export / "model.onnx", paths[0])
     assert r.exit_code == 0 and classes[expected[0].argmax()] in r.stdout
@@ -137,7 +138,7 @@ def test_predict_rejects_or_resizes_other_sizes(exports, tmp_path):
     export = exports("fashion-mnist")
     Image.fromarray(np.zeros((40, 30), np.uint8)).save(tmp_path / "big.png")
     assert_clean_error(run_cli("predict", "--model", export / "model.onnx", tmp_path / "big.png"),
-                       "30x40", "expects 28x28", "--resize")
+                       "30x40", "expects 28x28", "--fit stretch")
     assert run_cli("predict", "--model", export / "model.onnx", "--resize", tmp_path / "big.png").exit_code == 0
     (tmp_path / "bad.png").write_text("not an image")
     assert_clean_error(run_cli("predict", "--model", export / "model.onnx", tmp_path / "bad.png"), "cannot read image")

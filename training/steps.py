@@ -72,7 +72,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     model.eval()
     loss_sum, preds = 0.0, []
     for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size])
+        logits = model(x[i:i + batch_size].contiguous(memory_format=torch.channels_last))
         loss_sum += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
         preds.append(logits.argmax(1))
     pred = torch.cat(preds)
@@ -147,7 +147,7 @@ def train_epoch(cfg: TrainConfig, model, opt, sched, data: RunData, epoch: int, 
         x, y = xtr[idx], ytr[idx]
         if cfg.augment:
             x = augment_batch(x, g)
-        logits = model(x)
+        logits = model(x.contiguous(memory_format=torch.channels_last))
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()

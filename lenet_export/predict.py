@@ -1,0 +1,152 @@
+"""``lenet-export predict``: the user's own image files through an exported ONNX model (torch-free).
+
+Files, folders (searched recursively) and glob patterns are expanded in the order given, each folder and glob
+sorted; images are decoded as ``runtime.load_image`` decodes them, optionally inverted (``--invert``: for dark
+drawings on a light background, where Fashion-MNIST is light on dark) and fitted to the model's input
+(``stretch``, or ``letterbox``: scaled to fit with its aspect ratio kept, the rest filled with the median of
+the image's border pixels), then classified in batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import ConfigError, RuntimeInputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+FITS = ("exact", "stretch", "letterbox")
+FORMATS = ("text", "json", "jsonl", "csv")
+BATCH = 256
+LOW_CONFIDENCE = 0.5  # default --min-confidence
+
+
+@dataclass
+class Scored:
+    """One image's result. ``label`` is the class name and ``index`` its position, as in torchvision's datasets."""
+
+    file: str
+    label: str
+    index: int
+    probability: float
+    low_confidence: bool
+    top_k: list[dict] = field(default_factory=list)  # [{label, index, probability}], most probable first
+
+
+def expand(inputs: list[str]) -> list[Path]:
+    """Every image file named by ``inputs`` (files, folders, glob patterns), each once, in a stable order."""
+    out: dict[Path, None] = {}
+    for arg in inputs:
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif p.is_file():
+            found = [p]
+        elif glob.has_magic(arg):
+            found = sorted(Path(f) for f in glob.glob(arg, recursive=True)
+                           if Path(f).suffix.lower() in IMAGE_SUFFIXES and Path(f).is_file())
+        else:
+            raise ConfigError(f"no such file or folder: {arg}")
+        if not found:
+            raise ConfigError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {arg}")
+        out.update(dict.fromkeys(found))
+    return list(out)
+
+
+def fit_image(path: Path, channels: int, size: tuple[int, int], fit: str, invert: bool) -> np.ndarray:
+    """The uint8 H x W (x 3) array the model sees for ``path``."""
+    from PIL import Image
+
+    from .runtime import load_image
+
+    if fit == "exact":
+        a = load_image(path, channels, size)
+        return 255 - a if invert else a
+    a = load_image(path, channels, size, keep_size=True)
+    if invert:
+        a = 255 - a
+    h, w = size
+    img = Image.fromarray(a)
+    if fit == "stretch":
+        return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
+    scale = min(w / img.width, h / img.height)
+    sw, sh = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).reshape(-1, channels)
+    fill = tuple(int(v) for v in np.median(border, axis=0))
+    canvas = Image.new(img.mode, (w, h), fill[0] if channels == 1 else fill)
+    canvas.paste(img.resize((sw, sh), Image.Resampling.BILINEAR), ((w - sw) // 2, (h - sh) // 2))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def score(clf, files: list[Path], fit: str = "exact", invert: bool = False, top_k: int = 1,
+          min_confidence: float = LOW_CONFIDENCE, save_inputs: Path | None = None,
+          advance: Callable[[int], None] | None = None) -> Iterator[Scored]:
+    """Classify ``files`` with a ``runtime.Classifier`` in batches, yielding one result per file, in order."""
+    if not 1 <= top_k <= len(clf.classes):
+        raise ConfigError(f"--top-k must be from 1 to {len(clf.classes)} (the model's classes), got {top_k}")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ConfigError(f"--min-confidence must be from 0 to 1, got {min_confidence}")
+    for start in range(0, len(files), BATCH):
+        chunk = files[start:start + BATCH]
+        images = [fit_image(p, clf.channels, (clf.height, clf.width), fit, invert) for p in chunk]
+        if save_inputs is not None:
+            _save(images, chunk, save_inputs)
+        pred = clf.classify(np.stack(images))
+        order = np.argsort(-pred.probabilities, axis=1, kind="stable")[:, :top_k]
+        for i, p in enumerate(chunk):
+            top = [{"label": clf.classes[j], "index": int(j), "probability": round(float(pred.probabilities[i, j]), 6)}
+                   for j in order[i]]
+            yield Scored(str(p), top[0]["label"], top[0]["index"], top[0]["probability"],
+                         top[0]["probability"] < min_confidence, top)
+        if advance is not None:
+            advance(len(chunk))
+
+
+def _save(images: list[np.ndarray], files: list[Path], folder: Path) -> None:
+    from PIL import Image
+
+    from .fsutil import atomic_write_bytes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for a, p in zip(images, files):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        atomic_write_bytes(folder / f"{p.stem}.seen.png", buf.getvalue())
+
+
+def render(rows: list[Scored], fmt: str, model: str, provider: str) -> str:
+    """The results in ``fmt``: text (tab-separated), json, jsonl or csv."""
+    if fmt == "json":
+        return json.dumps({"model": model, "provider": provider, "predictions": [r.__dict__ for r in rows]},
+                          indent=2) + "\n"
+    if fmt == "jsonl":
+        return "".join(json.dumps(r.__dict__) + "\n" for r in rows)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        k = len(rows[0].top_k) if rows else 1
+        w.writerow(["file", "label", "index", "probability", "low_confidence"]
+                   + [f"{c}_{n}" for n in range(2, k + 1) for c in ("label", "probability")])
+        for r in rows:
+            w.writerow([r.file, r.label, r.index, f"{r.probability:.6f}", r.low_confidence]
+                       + [v for t in r.top_k[1:] for v in (t["label"], f"{t['probability']:.6f}")])
+        return buf.getvalue()
+    lines = []
+    for r in rows:
+        rest = "".join(f"\t{t['label']}\t{t['probability']:.4f}" for t in r.top_k[1:])
+        lines.append(f"{r.file}\t{r.label}\t{r.probability:.4f}{rest}" + ("\tlow confidence" if r.low_confidence else ""))
+    return "\n".join(lines) + "\n"
+
+
+def check_model_file(path: Path) -> None:
+    """``predict`` runs ONNX files; any other artefact gets a one-line error naming what runs it."""
+    if path.suffix != ".onnx":
+        raise RuntimeInputError(f"{path}: predict runs the exported ONNX models (model.onnx, model.raw.onnx and their "
+                                f"variants); for {path.suffix or 'this'} files use their runtime (README, Embedding)")

@@ -1,0 +1,293 @@
+"""Regenerate every README figure that comes from a shipped model, from the shipped folders.
+
+    .venv/bin/python scripts/readme_figures.py                 # every block: runs the README's commands (minutes)
+    .venv/bin/python scripts/readme_figures.py --only predict,shipped
+    .venv/bin/python scripts/readme_figures.py --check         # the quick blocks: exit 1 naming any that differ
+
+A generated part of README.md sits between ``<!-- figures: NAME -->`` and ``<!-- /figures -->``. Each NAME is
+one function below. Command blocks run the README's own command lines, as written, in a scratch folder that
+holds ``runs/fashion-mnist/best.pth`` (a copy of the shipped checkpoint) and links to ``exported/``,
+``examples/`` and ``../shared``; report blocks are rendered from ``exported/*/verify.json``, ``metrics.json``,
+``history.csv``, ``docs/bench-*.json`` and ``training/benchmark-results.json``. ``tests/test_readme_figures.py``
+checks the quick blocks and the figures of the slow ones against the shipped reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+SHIPPED = REPO / "exported"
+FMNIST = SHIPPED / "fashion-mnist-lenet-modern"
+CIFAR = SHIPPED / "cifar10-lenet-modern-cifar"
+BLOCK = re.compile(r"(<!-- figures: ([\w-]+) -->\n)(.*?)(<!-- /figures -->)", re.S)
+COLUMNS = "160"  # rich's table width when the output is not a terminal
+
+
+# -- reading the README ---------------------------------------------------------------------------------------
+
+def blocks(text: str) -> dict[str, str]:
+    return {m.group(2): m.group(3) for m in BLOCK.finditer(text)}
+
+
+def replace(text: str, new: dict[str, str]) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + new.get(m.group(2), m.group(3)) + m.group(4), text)
+
+
+def fenced(*parts: str) -> str:
+    return "```\n" + "".join(p if p.endswith("\n") else p + "\n" for p in parts) + "```\n"
+
+
+# -- running README commands ------------------------------------------------------------------------------------
+
+class Workspace:
+    """A scratch folder laid out like a checkout after `scripts/main.sh`, with the shipped checkpoint as its run."""
+
+    def __init__(self, root: Path):
+        self.dir = root / "main"
+        (self.dir / "runs" / "fashion-mnist").mkdir(parents=True)
+        shutil.copy2(FMNIST / "best.pth", self.dir / "runs" / "fashion-mnist" / "best.pth")
+        for name in ("exported", "examples", "docs"):
+            (self.dir / name).symlink_to(REPO / name)
+        (root / "shared").symlink_to((REPO.parent / "shared").resolve())
+        bin_dir = Path(sys.executable).parent
+        data = REPO.parent / "shared" / "datasets" / "fashion-mnist"
+        self.env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "COLUMNS": COLUMNS,
+                    "TERM": "dumb", "NO_COLOR": "1", "PYTHONWARNINGS": "ignore"}
+        if data.is_dir() and not Path("/usr/share/datasets/fashion-mnist").is_dir():
+            self.env["LENET_EXPORT_DATA"] = str(data)
+
+    def run(self, command: str, ok=(0,)) -> str:
+        """``$ command`` and its output (stdout, then stderr), as a reader of the README would see them."""
+        r = subprocess.run(["bash", "-c", command], cwd=self.dir, env=self.env, capture_output=True, text=True,
+                           timeout=1800)
+        if r.returncode not in ok:
+            sys.exit(f"README command failed ({r.returncode}): {command}\n{r.stdout}\n{r.stderr}")
+        out = "\n".join(line.rstrip() for line in (r.stdout + r.stderr).splitlines())
+        return f"$ {command}\n{out}\n"
+
+
+def models_block(ws: Workspace) -> str:
+    return fenced(ws.run("lenet-export models"))
+
+
+def onnx_block(ws: Workspace) -> str:
+    return fenced(ws.run("lenet-export onnx --checkpoint runs/fashion-mnist/best.pth --out runs/fashion-mnist/export"
+                         " --force"))
+
+
+def quantize_block(ws: Workspace) -> str:
+    return fenced(ws.run("lenet-export quantize --exported runs/fashion-mnist/export"
+                         " --checkpoint runs/fashion-mnist/best.pth"))
+
+
+def verify_block(ws: Workspace) -> str:
+    return fenced(ws.run("lenet-export verify --exported runs/fashion-mnist/export --checkpoint "
+                         "runs/fashion-mnist/best.pth --report runs/fashion-mnist/verify.json"))
+
+
+def replay_block(ws: Workspace) -> str:
+    return fenced(ws.run(f"taskset -c 0 lenet-export verify --exported {rel(FMNIST)} --replay {rel(FMNIST)}/verify.json"))
+
+
+DIFF_STEPS = (
+    "cp -r exported/fashion-mnist-lenet-modern /tmp/broken",
+    'python -c "import onnx; from onnx import numpy_helper as nh\n'
+    "m = onnx.load('/tmp/broken/model.onnx'); w = next(t for t in m.graph.initializer if t.name == 'features.4.weight')\n"
+    "a = nh.to_array(w).copy(); a[3] *= 1.05; w.CopyFrom(nh.from_array(a, w.name)); onnx.save(m, '/tmp/broken/model.onnx')\"",
+    "lenet-export diff --exported /tmp/broken --backend ort-cpu --data-dir ../shared/datasets/fashion-mnist",
+)
+
+
+def diff_block(ws: Workspace) -> str:
+    shutil.rmtree("/tmp/broken", ignore_errors=True)
+    try:
+        return fenced(*(ws.run(c, ok=(0, 1)) for c in DIFF_STEPS))
+    finally:
+        shutil.rmtree("/tmp/broken", ignore_errors=True)
+
+
+PREDICT = ("lenet-export predict --model exported/fashion-mnist-lenet-modern/model.raw.onnx "
+           "examples/images/fashion-mnist-test4-shirt.png examples/images/fashion-mnist-test0-ankle-boot.png")
+
+
+def predict_block(ws: Workspace) -> str:
+    return fenced(ws.run(PREDICT))
+
+
+def bench_block(folder: Path, data_dir: str):
+    def block(ws: Workspace) -> str:
+        name = folder.name.split("-lenet")[0]
+        cmd = f"lenet-export bench --exported {rel(folder)} --data-dir {data_dir}"
+        ws.run(f"{cmd} --json docs/bench-{name}.json --markdown docs/bench-{name}.md")
+        table = (REPO / "docs" / f"bench-{name}.md").read_text().split("\n\n", 1)[1]
+        note = ", **CIFAR-10 JPEG copy**" if name == "cifar10" else ""
+        return f"`{rel(folder)}`{note} (`{cmd}`):\n\n{table.strip()}\n"
+    return block
+
+
+def rel(p: Path) -> str:
+    return str(p.relative_to(REPO))
+
+
+# -- rendering shipped reports ------------------------------------------------------------------------------------
+
+def train_block(_=None) -> str:
+    """The `train` log of the shipped Fashion-MNIST run, from its checkpoint and history."""
+    sys.path.insert(0, str(REPO))
+    from lenet_export.checkpoint import load_checkpoint
+    from lenet_export.training.train import epoch_line, final_line, header_line
+
+    best = load_checkpoint(FMNIST / "best.pth")
+    with open(FMNIST / "history.csv") as f:
+        rows = [{k: (v == "True" if k == "best" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+    for r in rows:
+        r["epoch"] = int(r["epoch"])
+    epochs = best["config"]["epochs"]
+    lines = [header_line(best, epochs, "cpu"), *(epoch_line(r, epochs) for r in rows),
+             final_line(best, Path("runs/fashion-mnist/best.pth"))]
+    return fenced("$ lenet-export train --dataset fashion-mnist --out runs/fashion-mnist", *lines)
+
+
+def exact_summary(rep: dict) -> str:
+    exact = {n: b for n, b in rep["backends"].items()
+             if b.get("precision", "fp32") == "fp32" and n != rep["reference"] and "cuda" not in n}
+    passed = [n for n, b in exact.items() if b["status"] == "passed"]
+    worst = max(passed, key=lambda n: exact[n]["logits"]["max_abs"])
+    agree = min(exact[n]["argmax_agree"] for n in passed)
+    return (f"all {len(passed)} FP32 CPU backends passed, {agree}/{rep['samples']} classes equal, "
+            f"max \\|Δ\\| ≤ {exact[worst]['logits']['max_abs']:.1e} ({worst})")
+
+
+def variants_summary(rep: dict) -> str:
+    parts = []
+    for n, b in rep["backends"].items():
+        if b.get("precision", "fp32") != "fp32" and b["status"] != "skipped":
+            changed = rep["samples"] - b["argmax_agree"]
+            parts.append(f"`{n}` {b['accuracy']:.4f} ({changed} changed, {b['status']})")
+    return "; ".join(parts)
+
+
+def shipped_block(_=None) -> str:
+    """The table of shipped models: parameters, accuracy, training time, the verify verdict."""
+    head = ("| folder | data | parameters | test accuracy | training time (2 cores) | verify (whole test set) |\n"
+            "|---|---|---|---|---|---|\n")
+    rows = []
+    for folder, data in ((FMNIST, "Fashion-MNIST"), (CIFAR, "CIFAR-10, **JPEG copy**")):
+        m = json.loads((folder / "metrics.json").read_text())
+        rep = json.loads((folder / "verify.json").read_text())
+        meta = rep["metadata"]
+        cuda = [n for n, b in rep["backends"].items() if "cuda" in n and b["status"] == "skipped"]
+        verdict = (f"{'passed' if rep['passed'] else 'FAILED'}: {exact_summary(rep)}; {variants_summary(rep)}; "
+                   f"{len(meta['files'])} metadata copies agree"
+                   + (f"; {len(cuda)} CUDA backends skipped (no GPU)" if cuda else ""))
+        rows.append(f"| `{rel(folder)}/` | {data} | {m['num_parameters']:,} | {m['test_acc']:.4f} | "
+                    f"{m['train_seconds']:.0f} s ({m['epochs_run']} epochs) | {verdict} |")
+    machine = json.loads((FMNIST / "verify.json").read_text())["machine"]
+    return head + "\n".join(rows) + f"\n\nVerified on: {machine_line(machine)}.\n"
+
+
+def machine_line(m: dict) -> str:
+    sys.path.insert(0, str(REPO))
+    from lenet_export.machine import Machine
+
+    return Machine.from_dict(m).summary
+
+
+def training_speed_block(_=None) -> str:
+    """The training benchmark's table, from training/benchmark-results.json."""
+    r = json.loads((REPO / "training" / "benchmark-results.json").read_text())
+    sys.path.insert(0, str(REPO))
+    from lenet_export.training.benchmark import table
+
+    return table(r)
+
+
+# -- the figures of the slow blocks, checked against the shipped reports -------------------------------------------
+
+def table_rows(block: str) -> list[list[str]]:
+    """The cells of each row of a rich (│) or Markdown (|) table in ``block``."""
+    rows = []
+    for line in block.splitlines():
+        sep = "│" if line.startswith("│") else "|" if line.startswith("| ") else None
+        if sep:
+            rows.append([c.strip() for c in line.strip().strip(sep).split(sep)])
+    return rows
+
+
+def figure_mismatches(text: str) -> list[str]:
+    """Where a figure of the verify, replay or bench blocks disagrees with the shipped report it comes from."""
+    found = blocks(text)
+    out = []
+    for name, folder, acc_col, agree_col in (("verify", FMNIST, 2, 4), ("replay", FMNIST, 2, None),
+                                             ("bench-fashion-mnist", FMNIST, 4, 6), ("bench-cifar10", CIFAR, 4, 6)):
+        rep = json.loads((folder / "verify.json").read_text())
+        for row in table_rows(found.get(name, "")):
+            b = rep["backends"].get(row[0].replace("\\", ""))
+            if b is None or b["status"] == "skipped":
+                continue
+            if row[acc_col] != f"{b['accuracy']:.4f}":
+                out.append(f"{name}: {row[0]} accuracy {row[acc_col]}, the shipped report says {b['accuracy']:.4f}")
+            if agree_col is not None and row[agree_col] != f"{b['argmax_agree']}/{rep['samples']}":
+                out.append(f"{name}: {row[0]} agree {row[agree_col]}, the shipped report says "
+                           f"{b['argmax_agree']}/{rep['samples']}")
+    return out
+
+
+QUICK = {"train": train_block, "shipped": shipped_block, "training-speed": training_speed_block,
+         "predict": predict_block, "models": models_block}
+SLOW = {"onnx": onnx_block, "quantize": quantize_block, "verify": verify_block, "replay": replay_block,
+        "diff": diff_block, "bench-fashion-mnist": bench_block(FMNIST, "../shared/datasets/fashion-mnist"),
+        "bench-cifar10": bench_block(CIFAR, "../shared/datasets")}
+GENERATORS = {**QUICK, **SLOW}
+
+
+def generate(names: list[str]) -> dict[str, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Workspace(Path(tmp))
+        out = {}
+        for name in names:  # README order: onnx before quantize before verify
+            print(f"figures: {name}", file=sys.stderr, flush=True)
+            out[name] = GENERATORS[name](ws)
+        return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", default=None, help="comma-separated block names (default: all)")
+    p.add_argument("--check", action="store_true",
+                   help="compare the quick blocks, and the figures of the others, with the shipped models")
+    p.add_argument("--readme", type=Path, default=README)
+    args = p.parse_args(argv)
+    text = args.readme.read_text()
+    present = list(blocks(text))
+    names = args.only.split(",") if args.only else [n for n in present if n in QUICK or not args.check]
+    if args.check:
+        names = [n for n in names if n in QUICK]
+    unknown = [n for n in names if n not in GENERATORS or n not in present]
+    if unknown:
+        sys.exit(f"error: no such figure block in README.md: {', '.join(unknown)}")
+    new = generate(names)
+    if args.check:
+        stale = [n for n in names if blocks(text)[n] != new[n]]
+        for n in stale:
+            print(f"README block {n!r} disagrees with the shipped models: run scripts/readme_figures.py --only {n}")
+        wrong = figure_mismatches(text)
+        print("\n".join(wrong)) if wrong else None
+        return 1 if stale or wrong else 0
+    args.readme.write_text(replace(text, new))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

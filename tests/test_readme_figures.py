@@ -1,0 +1,46 @@
+"""README figures that come from the shipped models match the shipped reports (scripts/readme_figures.py)."""
+
+import subprocess
+import sys
+
+from conftest import REPO
+
+SCRIPT = REPO / "scripts" / "readme_figures.py"
+
+
+def check(readme) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--check", "--readme", str(readme)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_readme_figures_match_the_shipped_models():
+    r = check(REPO / "README.md")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_stale_figure_fails_the_check(tmp_path):
+    import json
+
+    text = (REPO / "README.md").read_text()
+    m = json.loads((REPO / "exported" / "fashion-mnist-lenet-modern" / "metrics.json").read_text())
+    acc = f"{m['test_acc']:.4f}"
+    start = text.index("<!-- figures: shipped -->")
+    stale = text[:start] + text[start:].replace(acc, "0.9999", 1)
+    (tmp_path / "README.md").write_text(stale)
+    r = check(tmp_path / "README.md")
+    assert r.returncode == 1 and "'shipped' disagrees" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_wrong_verify_figure_is_named(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import readme_figures as rf
+
+    text = (REPO / "README.md").read_text()
+    assert rf.figure_mismatches(text) == []
+    start = text.index("<!-- figures: verify -->")
+    line_start = text.index("│ ort-cpu ", start)
+    line = text[line_start:text.index("\n", line_start)]
+    cells = line.split("│")
+    cells[3] = cells[3].replace(cells[3].strip(), "0.1234")
+    broken = text.replace(line, "│".join(cells), 1)
+    assert any(w.startswith("verify: ort-cpu accuracy 0.1234") for w in rf.figure_mismatches(broken))
