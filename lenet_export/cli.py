@@ -201,12 +201,16 @@ def quantize(
     seed: Annotated[int, typer.Option(help="Seed of the calibration subset.")] = 0,
     per_channel: Annotated[bool, typer.Option(help="Per-channel INT8 weights (default: per-tensor, measured "
                                                    "better here).")] = False,
+    max_drop: Annotated[float, typer.Option(help="Accuracy points an INT8 variant may lose on the validation split "
+                                                 "before its most sensitive layers are kept in float (half the "
+                                                 "INT8 budget: the rest is for validation vs test).")] = 0.25,
 ):
     from .quantize import QuantizeOptions, quantize as run_quantize
     from .ui import log
 
     run_quantize(QuantizeOptions(exported=exported, checkpoint=checkpoint, data_dir=str(data_dir) if data_dir else None,
-                                 calibration_size=calibration_size, seed=seed, per_channel=per_channel), log=log)
+                                 calibration_size=calibration_size, seed=seed, per_channel=per_channel,
+                                 max_drop=max_drop), log=log)
 
 
 @app.command()

@@ -36,15 +36,18 @@ class QuantizeOptions:
     calibration_size: int = 500
     seed: int = 0
     per_channel: bool = False
+    max_drop: float = 0.25  # accuracy points on the validation split; beyond it, sensitive layers stay in float
     calibration_split: str = CALIBRATION_SPLIT  # "test" exists only so the tests can show verify refusing it
 
 
-def calibration_images(ckpt: dict, opts: QuantizeOptions) -> tuple[np.ndarray, dict]:
-    """Normalised calibration batch and its description for the metadata."""
+def calibration_images(ckpt: dict, opts: QuantizeOptions) -> tuple[np.ndarray, tuple | None, dict]:
+    """Normalised calibration batch, the validation part (images, labels) and the description for the metadata."""
     import torch
 
     from .data import load_split, normalize, train_val_indices
 
+    if not 0 <= opts.max_drop <= 100:
+        raise ConfigError(f"--max-drop must be from 0 to 100 accuracy points, got {opts.max_drop}")
     if opts.calibration_size <= 0:
         raise ConfigError(f"--calibration-size must be positive, got {opts.calibration_size}")
     if not 0 <= opts.seed < 2**63:  # torch.Generator.manual_seed overflows beyond a signed 64-bit integer
@@ -57,7 +60,12 @@ def calibration_images(ckpt: dict, opts: QuantizeOptions) -> tuple[np.ndarray, d
     g = torch.Generator().manual_seed(opts.seed)
     idx = pool[torch.randperm(len(pool), generator=g)[:opts.calibration_size]]
     x = normalize(split.images[idx], ckpt["mean"], ckpt["std"]).numpy()
-    return x, {"split": opts.calibration_split, "size": int(len(idx)), "seed": opts.seed,
+    if opts.calibration_split != "test":
+        _, val = train_val_indices(len(split), ckpt["split"]["val_fraction"], ckpt["split"]["seed"])
+        validation = (normalize(split.images[val], ckpt["mean"], ckpt["std"]).numpy(), split.labels[val].numpy())
+    else:
+        validation = None
+    return x, validation, {"split": opts.calibration_split, "size": int(len(idx)), "seed": opts.seed,
                "rule": "seeded random subset of the training split minus the checkpoint's validation split",
                "method": "MinMax", "format": "QDQ", "per_channel": opts.per_channel,
                "activations": "QInt8", "weights": "QInt8"}
@@ -94,11 +102,11 @@ def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
         meta = export.metadata
         if not isinstance(meta.get("formats"), dict):  # an export made before `formats` was recorded
             meta["formats"] = {n: list(registry()[n].files) for n in present_formats(meta)}
-        x, calibration = calibration_images(export.checkpoint, opts)
+        x, validation, calibration = calibration_images(export.checkpoint, opts)
         c, h, w = export.checkpoint["input_shape"]
         target = Target(exported, model_from_checkpoint(export.checkpoint), None, np.zeros((2, c, h, w), np.float32),
                         None, read_onnx_metadata(exported / "model.onnx"), source=exported,
-                        calibration=Calibration(x, calibration))
+                        calibration=Calibration(x, calibration, validation, opts.max_drop))
         for f in registry(QUANTIZE).values():
             have = present_formats(meta)
             why = f.missing() or next((f"needs {d}, which the export does not have" for d in f.made_from

@@ -133,7 +133,7 @@ reruns every backend on yours and names any sample that changes.
 
 {skipped_txt}
 
-{precision_section(rep)}
+{precision_section(rep, meta)}
 
 Metadata: {"all " + str(len(rep.metadata.files)) + " copies agree with the checkpoint (" + ", ".join(rep.metadata.files) + ")"
            if rep.metadata.passed else "; ".join(rep.metadata.failures)}.
@@ -143,7 +143,21 @@ Full report: `verify.json`.{(chr(10) + chr(10) + "![test confusion matrix](confu
 """
 
 
-def precision_section(rep: "Report") -> str:
+def control_lines(meta: dict) -> list[str]:
+    """What accuracy control did for each variant (``quantize --max-drop``), from ``metadata.json``."""
+    out = []
+    for artefact, info in meta.items():
+        c = info.get("accuracy_control") if isinstance(info, dict) else None
+        if c:
+            v = c["validation_accuracy"]
+            kept = ", ".join(f"`{n}`" for n in c["kept_in_float"]) or "none"
+            out.append(f"Accuracy control of `{artefact}` (validation split, {c['samples']} images, at most "
+                       f"{c['max_drop']} points): FP32 {v['fp32']:.4f}, every layer INT8 {v['int8_all_layers']:.4f}, "
+                       f"shipped {v['int8']:.4f}; kept in float: {kept}.")
+    return out
+
+
+def precision_section(rep: "Report", meta: dict | None = None) -> str:
     """Each approximate variant beside the FP32 artefact it was made from (``backends.base_of``), with a
     recommendation only where a variant measured faster than its FP32 model on the same runtime."""
     from . import backends as registry
@@ -163,7 +177,8 @@ def precision_section(rep: "Report") -> str:
               f"On {cpu}, no variant ran faster than FP32 on its runtime: use FP32 unless size matters more than "
               "speed.")
     return "\n".join(["## Reduced precision (`lenet-export quantize`; budgets: FP16 0.05, INT8 0.5 accuracy points)",
-                      table, "", advice, "INT8 results depend on the CPU's kernels: other CPUs may differ."])
+                      table, "", advice, *control_lines(meta or {}),
+                      "INT8 results depend on the CPU's kernels: other CPUs may differ."])
 
 
 def files_section(folder: Path, meta: dict) -> str:

@@ -8,7 +8,8 @@ A generated part of README.md sits between ``<!-- figures: NAME -->`` and ``<!--
 one function below. Command blocks run the README's own command lines, as written, in a scratch folder that
 holds ``runs/fashion-mnist/best.pth`` (a copy of the shipped checkpoint) and links to ``exported/``,
 ``examples/`` and ``../shared``; report blocks are rendered from ``exported/*/verify.json``, ``metrics.json``,
-``history.csv``, ``docs/bench-*.json`` and ``training/benchmark-results.json``. ``tests/test_readme_figures.py``
+``history.csv``, ``docs/bench-*.json`` and ``training/benchmark-results.json``; a full run also retakes
+``docs/web-page.png`` (the browser page test, with ``LENET_EXPORT_UPDATE_SCREENSHOT=1``). ``tests/test_readme_figures.py``
 checks the quick blocks and the figures of the slow ones against the shipped reports.
 """
 
@@ -210,7 +211,7 @@ def training_speed_block(_=None) -> str:
     sys.path.insert(0, str(REPO))
     from lenet_export.training.benchmark import table
 
-    return table(r)
+    return table(r) + f"\nMeasured with torch {r['torch']} on {machine_line(r['machine'])}.\n"
 
 
 # -- the figures of the slow blocks, checked against the shipped reports -------------------------------------------
@@ -286,7 +287,18 @@ def main(argv=None) -> int:
         print("\n".join(wrong)) if wrong else None
         return 1 if stale or wrong else 0
     args.readme.write_text(replace(text, new))
+    if not args.only:
+        screenshot()
     return 0
+
+
+def screenshot() -> None:
+    """docs/web-page.png: the browser page on the shipped model, taken by the page test (headless Chromium)."""
+    print("figures: docs/web-page.png", file=sys.stderr, flush=True)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_web.py", "-k", "screenshot"], cwd=REPO,
+                       env={**os.environ, "LENET_EXPORT_UPDATE_SCREENSHOT": "1"}, capture_output=True, text=True)
+    if r.returncode != 0 or " passed" not in r.stdout:
+        sys.exit(f"the screenshot was not taken:\n{r.stdout[-2000:]}")
 
 
 if __name__ == "__main__":

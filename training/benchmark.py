@@ -169,7 +169,10 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     parts = set(args.only.split(","))
-    result = {"torch": str(torch.__version__), "threads": torch.get_num_threads()}
+    from lenet_export.machine import this_machine
+
+    result = {"torch": str(torch.__version__), "threads": torch.get_num_threads(),
+              "machine": this_machine().to_dict()}
     if "classic" in parts:
         print("classic LeNet (44,426 params), tutorial pipeline:", flush=True)
         tut = tutorial_pipeline(args.data_dir)

@@ -25,6 +25,10 @@ class Calibration:
 
     images: object  # numpy array
     description: dict
+    # the checkpoint's validation part (normalised images, labels): what accuracy control judges a variant on,
+    # never the test split; None: no accuracy control
+    validation: tuple | None = None
+    max_drop: float = 0.25  # accuracy points a variant may lose on it before layers are kept in float
 
 
 @dataclass

@@ -59,13 +59,61 @@ def _int8(t: Target) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(t.input("model.onnx")), str(pre), skip_symbolic_shape=True)  # ORT's recommended clean-up
-        quantize_static(str(pre), str(Path(tmp) / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=bool(cal.description.get("per_channel")), activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8)
-        model = onnx.load(str(Path(tmp) / "q.onnx"))
-    with_props(model, {**t.metadata, "precision": "int8", "calibration": cal.description})
+
+        def make(exclude: list[str]) -> Path:
+            out = Path(tmp) / f"q{len(exclude)}-{abs(hash(tuple(exclude)))}.onnx"
+            quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=bool(cal.description.get("per_channel")), activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+            return out
+
+        q, control = keep_sensitive_in_float(pre, make, cal)
+        model = onnx.load(str(q))
+    meta = {"precision": "int8", "calibration": cal.description}
+    if control:
+        meta["accuracy_control"] = control
+    with_props(model, {**t.metadata, **meta})
     onnx.save_model(model, str(t.folder / "model.int8.onnx"))
-    return {}
+    return {"model.int8.onnx": {"accuracy_control": control}} if control else {}
+
+
+QUANTISABLE = ("Conv", "Gemm", "MatMul")
+
+
+def _accuracy(path: Path, x, y) -> float:
+    import numpy as np
+
+    from ..ort_session import open_session
+
+    sess = open_session(path, "cpu")
+    logits = np.concatenate([sess.run(None, {"input": x[i:i + 1000]})[0] for i in range(0, len(x), 1000)])
+    return float((logits.argmax(1) == y).mean())
+
+
+def keep_sensitive_in_float(pre: Path, make, cal) -> tuple[Path, dict | None]:
+    """Accuracy control: while the INT8 model loses more than ``cal.max_drop`` points of accuracy on the
+    checkpoint's validation part (never test), keep in float the one quantisable node whose exclusion recovers
+    the most (greedy, ties in graph order). Returns the model and what was done (None: no validation data).
+
+    ORT's quantiser has no accuracy-aware mode of its own; ``nodes_to_exclude`` is its per-node switch."""
+    import onnx
+
+    q = make([])
+    if cal.validation is None:
+        return q, None
+    x, y = cal.validation
+    fp32, acc, kept = _accuracy(pre, x, y), _accuracy(q, x, y), []
+    first = acc
+    nodes = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in QUANTISABLE]
+    while (fp32 - acc) * 100 > cal.max_drop and len(kept) < len(nodes):
+        trials = {n: make(kept + [n]) for n in nodes if n not in kept}
+        scores = {n: _accuracy(p, x, y) for n, p in trials.items()}
+        best = max(scores, key=lambda n: (scores[n], -nodes.index(n)))
+        kept.append(best)
+        q, acc = trials[best], scores[best]
+    return q, {"max_drop": cal.max_drop, "split": "validation", "samples": int(len(y)),
+               "validation_accuracy": {"fp32": fp32, "int8_all_layers": first, "int8": acc},
+               "kept_in_float": kept}
 
 
 FORMATS = (
