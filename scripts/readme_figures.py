@@ -137,6 +137,35 @@ def bench_block(folder: Path, data_dir: str):
     return block
 
 
+RATIOS = (  # (what, numerator backend, denominator backend, field): read off docs/bench-*.json
+    ("ONNX Runtime / eager torch, throughput", "ort-cpu", "torch-cpu", "throughput_img_s"),
+    ("OpenVINO / eager torch, throughput", "openvino-cpu", "torch-cpu", "throughput_img_s"),
+    ("MNN / ONNX Runtime, throughput", "mnn-cpu", "ort-cpu", "throughput_img_s"),
+    ("ExecuTorch (XNNPACK) / eager torch, throughput", "executorch-cpu", "torch-cpu", "throughput_img_s"),
+    ("NCNN (1 thread) / eager torch, throughput", "ncnn-cpu", "torch-cpu", "throughput_img_s"),
+    ("tract / eager torch, throughput", "tract-cpu", "torch-cpu", "throughput_img_s"),
+    ("LiteRT / ONNX Runtime, latency at batch 1", "litert-cpu", "ort-cpu", "latency_ms_batch1"),
+    ("OpenVINO INT8 / OpenVINO FP32, throughput", "openvino-cpu-int8", "openvino-cpu", "throughput_img_s"),
+    ("ONNX Runtime INT8 / FP32, throughput", "ort-cpu-int8", "ort-cpu", "throughput_img_s"),
+    ("ONNX Runtime FP16 / FP32, throughput", "ort-cpu-fp16", "ort-cpu", "throughput_img_s"),
+    ("ONNX Runtime INT8 / FP32, size on disk", "ort-cpu-int8", "ort-cpu", "size_bytes"),
+)
+
+
+def ratios_block(_=None) -> str:
+    """Ratios between runtimes, each from one bench run (both sides measured in the same process)."""
+    rows = {name: {r["backend"]: r for r in json.loads((REPO / "docs" / f"bench-{name}.json").read_text())}
+            for name in ("fashion-mnist", "cifar10")}
+    out = ["| ratio | Fashion-MNIST | CIFAR-10 |", "|---|---|---|"]
+    for what, a, b, key in RATIOS:
+        cells = []
+        for table in rows.values():
+            x, y = table.get(a, {}).get(key), table.get(b, {}).get(key)
+            cells.append(f"{x / y:.2f}x" if x and y else "-")
+        out.append(f"| {what} | {' | '.join(cells)} |")
+    return "\n".join(out) + "\n"
+
+
 def rel(p: Path) -> str:
     return str(p.relative_to(REPO))
 
@@ -245,7 +274,7 @@ def figure_mismatches(text: str) -> list[str]:
     return out
 
 
-QUICK = {"train": train_block, "shipped": shipped_block, "training-speed": training_speed_block,
+QUICK = {"ratios": ratios_block, "train": train_block, "shipped": shipped_block, "training-speed": training_speed_block,
          "predict": predict_block, "models": models_block}
 SLOW = {"onnx": onnx_block, "quantize": quantize_block, "verify": verify_block, "replay": replay_block,
         "diff": diff_block, "bench-fashion-mnist": bench_block(FMNIST, "../shared/datasets/fashion-mnist"),
@@ -286,7 +315,7 @@ def main(argv=None) -> int:
         wrong = figure_mismatches(text)
         print("\n".join(wrong)) if wrong else None
         return 1 if stale or wrong else 0
-    args.readme.write_text(replace(text, new))
+    args.readme.write_text(replace(args.readme.read_text(), new))  # read again: the run takes minutes
     if not args.only:
         screenshot()
     return 0

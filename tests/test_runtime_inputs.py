@@ -36,7 +36,7 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     assert Image.open(tmp_path / "16.png").mode == "I;16"
     assert np.array_equal(load_image(tmp_path / "16.png", 1, (28, 28)), img8)
     p8, p16 = predict_json(tmp_path / "8.png"), predict_json(tmp_path / "16.png")
-    assert p16[0]["class"] == p8[0]["class"] and p16[0]["probability"] == pytest.approx(p8[0]["probability"], abs=1e-6)
+    assert p16[0]["label"] == p8[0]["label"] and p16[0]["probability"] == pytest.approx(p8[0]["probability"], abs=1e-6)
     # colour models get the grey picture in all three channels
     assert np.array_equal(load_image(tmp_path / "16.png", 3, (28, 28)), np.repeat(img8[..., None], 3, axis=2))
 

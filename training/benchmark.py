@@ -144,7 +144,7 @@ def table(r: dict) -> str:
                    f"the tutorial's time | {our['final_test_acc']:.4f} ({len(our['epochs'])} epochs, "
                    f"{our['train_seconds']:.0f} s) |")
     for part, dataset, label in (("modern", "fashion-mnist", "Fashion-MNIST"),
-                                 ("cifar", "cifar10", "CIFAR-10, **on the JPEG copy**")):
+                                 ("cifar", "cifar10", "CIFAR-10 (**JPEG copy**)")):
         if part not in r:
             continue
         acc, secs = TARGETS[dataset]
