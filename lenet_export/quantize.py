@@ -123,5 +123,8 @@ def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
             written[f.name] = f.artefact
             size = sum((exported / g).stat().st_size for g in f.files)
             log(f"wrote {' + '.join(str(exported / g) for g in f.files)} ({size / 1024:,.0f} KiB)")
+            if kept := made.get(f.artefact, {}).get("accuracy_control", {}).get("kept_in_float"):
+                log(f"  kept in float to stay within --max-drop {opts.max_drop} on the validation split: "
+                    f"{', '.join(kept)}")
     log(f"calibration: {calibration['size']} images of the {calibration['split']} split, seed {calibration['seed']}")
     return written
