@@ -116,3 +116,12 @@ def test_resume_from_a_state_with_wrong_fields(tmp_path):
     ck = shipped()  # a best.pth where a last.pth belongs: no optimizer state
     save_checkpoint(ck, out / "last.pth")
     assert_clean_error(run_cli("train", "--resume", "--out", out), "not a resumable training state", "optimizer")
+
+
+def test_train_header_says_epoch_in_the_singular_for_one():
+    from lenet_export.training.train import header_line
+
+    meta = {"model": "m", "num_parameters": 1, "dataset": "d", "data_source": "s",
+            "split": {"n_train": 9, "n_val": 1}, "config": {"optimizer": "adamw", "lr": 0.1, "batch_size": 2}}
+    assert header_line(meta, 1, "cpu").endswith(", 1 epoch")
+    assert header_line(meta, 3, "cpu").endswith(", 3 epochs")

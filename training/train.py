@@ -253,7 +253,7 @@ def header_line(meta: dict, epochs: int, device: str) -> str:
     cfg, split = meta["config"], meta["split"]
     return (f"training {meta['model']} ({meta['num_parameters']:,} parameters) on {meta['dataset']} "
             f"[{meta['data_source']}]: {split['n_train']} train / {split['n_val']} val, device {device}, "
-            f"{cfg['optimizer']} lr {cfg['lr']} batch {cfg['batch_size']}, {epochs} epochs")
+            f"{cfg['optimizer']} lr {cfg['lr']} batch {cfg['batch_size']}, {epochs} epoch{'' if epochs == 1 else 's'}")
 
 
 def epoch_line(row: dict, epochs: int) -> str:
