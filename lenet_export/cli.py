@@ -301,14 +301,14 @@ def predict(
     """Classify your own images with an exported ONNX model (torch-free)."""
     import sys
 
-    from .predict import FITS, FORMATS, check_model_file, expand, render, score
+    from .predict import FITS, OUTPUT_FORMATS, check_model_file, expand, render, score
     from .runtime import Classifier
     from .ui import counter
 
     fit = "stretch" if resize else fit
     fmt = "json" if json_out else output_format
-    if fit not in FITS or fmt not in FORMATS:
-        raise ConfigError(f"--fit must be one of {', '.join(FITS)} and --format one of {', '.join(FORMATS)}")
+    if fit not in FITS or fmt not in OUTPUT_FORMATS:
+        raise ConfigError(f"--fit must be one of {', '.join(FITS)} and --format one of {', '.join(OUTPUT_FORMATS)}")
     check_model_file(model)
     files = expand(images)
     clf = Classifier(model, public_key=public_key)

@@ -23,7 +23,7 @@ from .errors import ConfigError, RuntimeInputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FITS = ("exact", "stretch", "letterbox")
-FORMATS = ("text", "json", "jsonl", "csv")
+OUTPUT_FORMATS = ("text", "json", "jsonl", "csv")  # --format (not a registry of artefact formats)
 BATCH = 256
 LOW_CONFIDENCE = 0.5  # default --min-confidence
 
@@ -112,13 +112,14 @@ def score(clf, files: list[Path], fit: str = "exact", invert: bool = False, top_
 def _save(images: list[np.ndarray], files: list[Path], folder: Path) -> None:
     from PIL import Image
 
-    from .fsutil import atomic_write_bytes
+    from .fsutil import atomic_write_bytes, write_errors
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for a, p in zip(images, files):
-        buf = io.BytesIO()
-        Image.fromarray(a).save(buf, format="PNG")
-        atomic_write_bytes(folder / f"{p.stem}.seen.png", buf.getvalue())
+    with write_errors(folder):  # a file named as the folder, a full disk: one line, not a traceback
+        folder.mkdir(parents=True, exist_ok=True)
+        for a, p in zip(images, files):
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, format="PNG")
+            atomic_write_bytes(folder / f"{p.stem}.seen.png", buf.getvalue())
 
 
 def render(rows: list[Scored], fmt: str, model: str, provider: str) -> str:

@@ -33,6 +33,7 @@ FMNIST = SHIPPED / "fashion-mnist-lenet-modern"
 CIFAR = SHIPPED / "cifar10-lenet-modern-cifar"
 BLOCK = re.compile(r"(<!-- figures: ([\w-]+) -->\n)(.*?)(<!-- /figures -->)", re.S)
 COLUMNS = "160"  # rich's table width when the output is not a terminal
+sys.path.insert(0, str(REPO))  # the report blocks render with the package's own functions
 
 
 # -- reading the README ---------------------------------------------------------------------------------------
@@ -174,7 +175,6 @@ def rel(p: Path) -> str:
 
 def train_block(_=None) -> str:
     """The `train` log of the shipped Fashion-MNIST run, from its checkpoint and history."""
-    sys.path.insert(0, str(REPO))
     from lenet_export.checkpoint import load_checkpoint
     from lenet_export.training.train import epoch_line, final_line, header_line
 
@@ -228,7 +228,6 @@ def shipped_block(_=None) -> str:
 
 
 def machine_line(m: dict) -> str:
-    sys.path.insert(0, str(REPO))
     from lenet_export.machine import Machine
 
     return Machine.from_dict(m).summary
@@ -237,7 +236,6 @@ def machine_line(m: dict) -> str:
 def training_speed_block(_=None) -> str:
     """The training benchmark's table, from training/benchmark-results.json."""
     r = json.loads((REPO / "training" / "benchmark-results.json").read_text())
-    sys.path.insert(0, str(REPO))
     from lenet_export.training.benchmark import table
 
     return table(r) + f"\nMeasured with torch {r['torch']} on {machine_line(r['machine'])}.\n"

@@ -112,3 +112,7 @@ def test_bad_options_and_non_onnx_models_are_one_line_errors(args, fragment):
 def test_missing_inputs_are_one_line_errors(tmp_path):
     assert_clean_error(run_cli("predict", "--model", MODEL, str(tmp_path / "none.png")), "no such file")
     assert_clean_error(run_cli("predict", "--model", MODEL, str(tmp_path)), "no image files")
+    (tmp_path / "a-file").write_text("keep me")  # --save-inputs naming a file: refused, the file untouched
+    assert_clean_error(run_cli("predict", "--model", MODEL, str(IMAGES[0]), "--save-inputs", str(tmp_path / "a-file")),
+                       "a-file", "not a folder")
+    assert (tmp_path / "a-file").read_text() == "keep me"

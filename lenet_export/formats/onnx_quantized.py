@@ -9,6 +9,7 @@ INT8 budget; ``quantize --per-channel`` is there to re-measure.
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from pathlib import Path
 
@@ -60,8 +61,10 @@ def _int8(t: Target) -> dict:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(t.input("model.onnx")), str(pre), skip_symbolic_shape=True)  # ORT's recommended clean-up
 
+        trial = itertools.count()
+
         def make(exclude: list[str]) -> Path:
-            out = Path(tmp) / f"q{len(exclude)}-{abs(hash(tuple(exclude)))}.onnx"
+            out = Path(tmp) / f"q{next(trial)}.onnx"  # one file per trial: the chosen one is loaded at the end
             quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
                             per_channel=bool(cal.description.get("per_channel")), activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
