@@ -47,6 +47,31 @@ class OneLineErrors(typer.core.TyperGroup):
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
 
+    def get_params(self, ctx):
+        return conventional_help(super().get_params(ctx), ctx)
+
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            conventional_help(cmd.get_params(ctx), ctx)  # click keeps these objects (the help option is cached)
+        return cmd
+
+
+CLICK_NAMES = {"int": "INTEGER", "str": "TEXT"}  # click's own names; others (path, float) upper-cased
+
+
+def conventional_help(params: list, ctx) -> list:
+    """Help as click writes it: ``--model PATH``, ``--top-k INTEGER``, flags without a label. typer 0.2x shows
+    ``<path>``/``<bool>`` labels instead and has no switch for it; options honour ``metavar``, arguments do not,
+    so an argument's type column is turned off on the instance."""
+    for p in params:
+        if isinstance(p, typer.core.TyperOption) and p.metavar is None:
+            label = p.display_type(ctx).strip("<>")
+            p.metavar = "" if p.is_flag else CLICK_NAMES.get(label, label.upper())
+        elif isinstance(p, typer.core.TyperArgument):
+            p.display_type_rich = lambda ctx: None
+    return params
+
 
 def _quiet_libraries() -> None:
     # torch 2.15 announces TorchScript's deprecation and the exporters chatter; none of it is actionable

@@ -198,3 +198,19 @@ def test_quantize_an_export_made_before_formats_were_recorded(export, fmnist_dir
     assert {"onnx", "raw-onnx", "onnx-fp16", "onnx-int8"} <= set(listed)
     r = run_cli("verify", "--exported", export, "--data-dir", fmnist_dir, "--backends", "ort-cpu,ort-cpu-int8")
     assert r.exit_code == 0, r.output
+
+
+def test_help_is_conventional():
+    """Help labels values as click does (PATH, INTEGER, TEXT) and flags not at all: no typer ``<bool>`` labels."""
+    from lenet_export.cli import app
+    from typer.main import get_command
+
+    verbs = list(get_command(app).commands)
+    for verb in ["", *verbs]:
+        r = run_cli(*([verb] if verb else []), "--help")
+        assert r.exit_code == 0, r.output
+        import re
+
+        assert not re.search(r"<(bool|str|int|float|path|list\[str\])>", r.output), (verb, r.output)
+    r = run_cli("predict", "--help")
+    assert " PATH " in r.output and " INTEGER " in r.output and " FLOAT " in r.output
