@@ -82,6 +82,20 @@ def load_inputs(name: str, ckpt: dict, data_dir: str | None, train: bool = False
     return Inputs(x, to_raw_layout(split.images).numpy(), split.labels.numpy()), split.source
 
 
+def folder_inputs(root: Path, ckpt: dict, fit: str, invert: bool) -> tuple[Inputs, list[str]]:
+    """The user's labelled image folder (``image_folder``) as each kind of backend takes it; (inputs, files)."""
+    import torch
+
+    from .data import normalize
+    from .image_folder import load_image_folder
+
+    c, h, w = ckpt["input_shape"]
+    found = load_image_folder(root, list(ckpt["classes"]), c, (h, w), fit, invert)
+    nchw = torch.from_numpy(found.images[:, None] if c == 1 else found.images.transpose(0, 3, 1, 2))
+    x = normalize(nchw, ckpt["mean"], ckpt["std"]).numpy()  # as the test split is normalised (load_inputs)
+    return Inputs(x, found.images, found.labels), found.files
+
+
 def refuse_input_as_output(path: Path | None, exported: Path, checkpoint: Path | None, option: str) -> None:
     """An output path (``--report``, ``--json``, ``--markdown``) must not be one of the command's inputs: the
     checkpoint, metadata.json, an artefact of the export folder (present or not) or its golden data."""

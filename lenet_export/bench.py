@@ -64,16 +64,14 @@ def sweep(run, x: np.ndarray, sizes=SWEEP) -> tuple[int, float]:
     return best
 
 
-def bench(exported: Path, checkpoint: Path | None, data_dir: str | None, backends: tuple[str, ...] | None,
-          log=print) -> tuple[list[BackendResult], int]:
-    """Every requested CPU backend's verify result, its timing replaced by the bench figures: batch-1 latency
-    and the best throughput of the batch sweep. Returns (results, test samples)."""
-    rep, _, inputs = run_suite(VerifyOptions(exported=exported, checkpoint=checkpoint, data_dir=data_dir,
-                                             backends=backends), log=lambda _: None)  # the test split, loaded once
-    export = load_export(Path(exported), checkpoint)
+def bench(opts: VerifyOptions, log=print) -> tuple[list[BackendResult], int]:
+    """Every requested CPU backend's verify result (on the test split, or ``opts.images``), its timing replaced
+    by the bench figures: batch-1 latency and the best throughput of the batch sweep. Returns (results, samples)."""
+    rep, _, inputs = run_suite(opts, log=lambda _: None)  # the images, loaded once
+    export = load_export(Path(opts.exported), opts.checkpoint)
     ctx = Context(export.folder, export.metadata, export.checkpoint)
     results = []
-    for b in requested(backends):
+    for b in requested(opts.backends):
         if b.device != "cpu":
             continue
         res = rep.backends[b.name]

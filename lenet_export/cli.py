@@ -10,8 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from .cli_options import SHIPPED, DataDir, Exported, ExportCheckpoint, Fit, Images, Invert, check_images
 from .cli_support import (BACKENDS, CPU_BACKENDS, OPTIONAL_FORMATS, PROBED, VARIANTS, OneLineErrors, backend_names,
-                          cli_errors)
+                          cli_errors, run_replay)
 from .errors import ConfigError, ParityError
 
 app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -29,15 +30,6 @@ def _version(value: bool) -> None:
 def _options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                    help="Print the version and exit.")] = False) -> None:
     """Train LeNet-family networks, export them to every portable format and verify parity."""
-
-
-Exported = Annotated[Path, typer.Option(help="Export folder written by `lenet-export onnx`.")]
-ExportCheckpoint = Annotated[Optional[Path], typer.Option(help="The checkpoint it was exported from; "
-                                                               "default: <exported>/best.pth.")]
-SHIPPED = Path("exported/fashion-mnist-lenet-modern")
-DataDir = Annotated[Optional[Path], typer.Option(help="Folder with the data set (see README, 'Data'); a folder given "
-                                                      "must hold it. Default: $LENET_EXPORT_DATA or ./data, then "
-                                                      "system copies.")]
 
 
 @app.command()
@@ -144,17 +136,21 @@ def verify(
                                                         "with it sample by sample.")] = None,
     public_key: Annotated[Optional[Path], typer.Option(help="Refuse the export if any file differs from what "
                                                             "this key signed (lenet-export sign).")] = None,
+    images: Images = None,
+    fit: Fit = "exact",
+    invert: Invert = False,
 ):
-    """Check that every runtime gives the checkpoint's logits and accuracy on the whole test set."""
+    """Check that every runtime gives the checkpoint's logits and accuracy on the whole test set (or your images)."""
+    check_images(images, fit, invert, data_dir, dataset)
     if public_key is not None:
         from .signing import check_files
 
         check_files(exported, public_key)
     if replay is not None:
-        if backends != "all" or dataset or require_cuda or (atol, rtol) != (1e-4, 1e-4):
+        if backends != "all" or dataset or require_cuda or (atol, rtol) != (1e-4, 1e-4) or images:
             raise ConfigError("--replay reruns what the record says (its backends, data set and tolerance); "
-                              "--backends, --dataset, --atol, --rtol and --require-cuda do not apply")
-        return _replay(replay, exported, checkpoint, data_dir, report)
+                              "--backends, --dataset, --images, --atol, --rtol and --require-cuda do not apply")
+        return run_replay(replay, exported, checkpoint, data_dir, report)
     from .diff import attach
     from .parity import Tolerance
     from .ui import print_report
@@ -163,31 +159,10 @@ def verify(
     names = backend_names(backends)
     rep = run_verify(VerifyOptions(exported=exported, checkpoint=checkpoint, data_dir=str(data_dir) if data_dir else None,
                                    dataset=dataset, backends=names, tolerance=Tolerance(atol, rtol),
-                                   require_cuda=require_cuda, report=report, localise=attach), log=lambda _: None)
+                                   require_cuda=require_cuda, report=report, localise=attach, images=images, fit=fit,
+                                   invert=invert), log=lambda _: None)
     print_report(rep, report)
     rep.check()
-
-
-def _replay(record: Path, exported: Path, checkpoint, data_dir, report) -> None:
-    from .artefacts import refuse_input_as_output
-    from .fsutil import atomic_write_json, write_errors
-    from .replay import replay
-    from .ui import print_replay
-
-    from .record import sidecar_path
-
-    refuse_input_as_output(report, exported, checkpoint, "--report")
-    if report is not None and Path(report).resolve() in (Path(record).resolve(), sidecar_path(record).resolve()):
-        raise ConfigError(f"--report {report} is the record being replayed; write it elsewhere")
-    res = replay(record, exported, checkpoint, str(data_dir) if data_dir else None, log=lambda _: None)
-    print_replay(res)
-    if report:
-        with write_errors(report):
-            atomic_write_json(report, res.to_dict())
-    if not res.passed:
-        differs = [n for n, b in res.backends.items() if b.status == "differs"]
-        raise ParityError(f"replay of {record} differs: {', '.join(differs)}" if differs
-                          else f"replay of {record}: no recorded backend could run here")
 
 
 @app.command(help=f"Write the reduced-precision variants ({VARIANTS}) with each runtime's own tools; those whose "
@@ -253,26 +228,32 @@ def bench(
     backends: Annotated[str, typer.Option(help=f"Comma-separated CPU backends ({CPU_BACKENDS}), or all.")] = "all",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the rows as JSON here.")] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write the table as Markdown here.")] = None,
+    images: Images = None,
+    fit: Fit = "exact",
+    invert: Invert = False,
 ):
     """Compare the CPU runtimes side by side: size, latency, best-batch throughput, and parity."""
     import dataclasses
 
+    from .artefacts import refuse_input_as_output
     from .bench import bench as run_bench, markdown as to_markdown, row
     from .fsutil import atomic_write_json, atomic_write_text, write_errors
     from .ui import bench_table, console, log
+    from .verify import VerifyOptions
 
-    from .artefacts import refuse_input_as_output
-
+    check_images(images, fit, invert, data_dir)
     refuse_input_as_output(json_out, exported, checkpoint, "--json")
     refuse_input_as_output(markdown, exported, checkpoint, "--markdown")
-    names = backend_names(backends)
-    results, samples = run_bench(exported, checkpoint, str(data_dir) if data_dir else None, names, log=log)
-    console.print(bench_table(results, samples, str(exported)))
+    opts = VerifyOptions(exported=exported, checkpoint=checkpoint, data_dir=str(data_dir) if data_dir else None,
+                         backends=backend_names(backends), images=images, fit=fit, invert=invert)
+    results, samples = run_bench(opts, log=log)
+    title = f"{exported}" + (f", images {images}" if images else "")
+    console.print(bench_table(results, samples, title))
     with write_errors(json_out or markdown or "."):
         if json_out:
             atomic_write_json(json_out, [dataclasses.asdict(row(r, exported)) for r in results])
         if markdown:
-            atomic_write_text(markdown, to_markdown(results, samples, f"Runtimes on {exported}") + "\n")
+            atomic_write_text(markdown, to_markdown(results, samples, f"Runtimes on {title}") + "\n")
     if failed := [r.name for r in results if r.status == "failed"]:  # a benchmark of a wrong model is no success
         raise ParityError(f"parity failed for {', '.join(failed)}: these figures are of a model that differs")
 
@@ -282,12 +263,15 @@ def bench(
 def predict(
     images: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.",
                                                 show_default=False)],
-    model: Annotated[Path, typer.Option(help="An exported ONNX model: model.onnx, model.raw.onnx or a variant.")] = Path(
-        "exported/fashion-mnist-lenet-modern/model.onnx"),
-    fit: Annotated[str, typer.Option(help="exact (refuse other sizes), stretch, or letterbox (keep the aspect "
-                                          "ratio, fill with the border's median).")] = "exact",
+    model: Annotated[Path, typer.Option(help="An artefact in an export folder: model.onnx, model.raw.onnx (ONNX "
+                                             "Runtime, torch-free) or any other (model.xml, model.tflite, ...: run "
+                                             "by its backend).")] = Path("exported/fashion-mnist-lenet-modern/model.onnx"),
+    backend: Annotated[Optional[str], typer.Option(help=f"The CPU backend to run --model with ({CPU_BACKENDS}); "
+                                                        "default: ONNX Runtime for .onnx, else the one for the "
+                                                        "artefact.", show_default=False)] = None,
+    fit: Fit = "exact",
     resize: Annotated[bool, typer.Option(help="Same as --fit stretch.")] = False,
-    invert: Annotated[bool, typer.Option(help="Invert the pixels (dark drawings on a light background).")] = False,
+    invert: Invert = False,
     top_k: Annotated[int, typer.Option(help="How many classes to give per image.")] = 1,
     min_confidence: Annotated[float, typer.Option(help="Flag a result low_confidence below this top-1 "
                                                        "probability.")] = 0.5,
@@ -298,20 +282,19 @@ def predict(
     public_key: Annotated[Optional[Path], typer.Option(help="Refuse the model unless it is what this key signed "
                                                             "(model.sig beside it).", show_default=False)] = None,
 ):
-    """Classify your own images with an exported ONNX model (torch-free)."""
+    """Classify your own images with an exported model (ONNX Runtime, torch-free; or any backend)."""
     import sys
 
-    from .predict import FITS, OUTPUT_FORMATS, check_model_file, expand, render, score
-    from .runtime import Classifier
+    from .backend_classifier import open_classifier
+    from .predict import FITS, OUTPUT_FORMATS, expand, render, score
     from .ui import counter
 
     fit = "stretch" if resize else fit
     fmt = "json" if json_out else output_format
     if fit not in FITS or fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"--fit must be one of {', '.join(FITS)} and --format one of {', '.join(OUTPUT_FORMATS)}")
-    check_model_file(model)
     files = expand(images)
-    clf = Classifier(model, public_key=public_key)
+    clf = open_classifier(model, backend, public_key)
     with counter(len(files), "images") as advance:
         rows = list(score(clf, files, fit, invert, top_k, min_confidence, save_inputs, advance))
     sys.stdout.write(render(rows, fmt, str(model), clf.provider))

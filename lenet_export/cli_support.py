@@ -7,11 +7,12 @@ import functools
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import typer
 
 from . import backends as backend_registry, formats as format_registry
-from .errors import ConfigError, LenetExportError
+from .errors import ConfigError, LenetExportError, ParityError
 
 OPTIONAL_FORMATS = ", ".join(f.name for f in format_registry.registry(format_registry.EXPORT).values()
                              if not f.required)
@@ -113,3 +114,25 @@ def backend_names(spec: str) -> tuple[str, ...] | None:
     if not names:
         raise ConfigError(f"--backends {spec!r} names no backend; choose from: {BACKENDS} (or all)")
     return names
+
+
+def run_replay(record: Path, exported: Path, checkpoint, data_dir, report) -> None:
+    """``verify --replay``: rerun the record's backends here, print the comparison, exit 1 when one differs."""
+    from .artefacts import refuse_input_as_output
+    from .fsutil import atomic_write_json, write_errors
+    from .replay import replay
+    from .record import sidecar_path
+    from .ui import print_replay
+
+    refuse_input_as_output(report, exported, checkpoint, "--report")
+    if report is not None and Path(report).resolve() in (Path(record).resolve(), sidecar_path(record).resolve()):
+        raise ConfigError(f"--report {report} is the record being replayed; write it elsewhere")
+    res = replay(record, exported, checkpoint, str(data_dir) if data_dir else None, log=lambda _: None)
+    print_replay(res)
+    if report:
+        with write_errors(report):
+            atomic_write_json(report, res.to_dict())
+    if not res.passed:
+        differs = [n for n, b in res.backends.items() if b.status == "differs"]
+        raise ParityError(f"replay of {record} differs: {', '.join(differs)}" if differs
+                          else f"replay of {record}: no recorded backend could run here")

@@ -1,4 +1,4 @@
-"""``lenet-export predict``: the user's own image files through an exported ONNX model (torch-free).
+"""``lenet-export predict``: the user's own image files through an exported model (``backend_classifier``).
 
 Files, folders (searched recursively) and glob patterns are expanded in the order given, each folder and glob
 sorted; images are decoded as ``runtime.load_image`` decodes them, optionally inverted (``--invert``: for dark
@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import ConfigError, RuntimeInputError
+from .errors import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FITS = ("exact", "stretch", "letterbox")
@@ -144,10 +144,3 @@ def render(rows: list[Scored], fmt: str, model: str, provider: str) -> str:
         rest = "".join(f"\t{t['label']}\t{t['probability']:.4f}" for t in r.top_k[1:])
         lines.append(f"{r.file}\t{r.label}\t{r.probability:.4f}{rest}" + ("\tlow confidence" if r.low_confidence else ""))
     return "\n".join(lines) + "\n"
-
-
-def check_model_file(path: Path) -> None:
-    """``predict`` runs ONNX files; any other artefact gets a one-line error naming what runs it."""
-    if path.suffix != ".onnx":
-        raise RuntimeInputError(f"{path}: predict runs the exported ONNX models (model.onnx, model.raw.onnx and their "
-                                f"variants); for {path.suffix or 'this'} files use their runtime (README, Embedding)")

@@ -135,6 +135,9 @@ def replay(report: Path, exported: Path, checkpoint: Path | None, data_dir: str 
     from .verify import VerifyOptions, run_suite
 
     rec = _load_report(report)
+    if rec.get("images"):
+        raise ConfigError(f"--replay {report} was recorded on an image folder ({rec['images'].get('folder')}); "
+                          "replay reruns test-split records: run verify --images there instead")
     export = load_export(Path(exported), checkpoint)
     if rec.get("checkpoint_sha256") != export.checkpoint_sha256:
         raise ConfigError(f"--replay {report} is the record of another export (checkpoint sha256 "

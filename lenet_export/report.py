@@ -86,6 +86,11 @@ class Report:
     pairwise: Pairwise | None = None
     machine: dict = field(default_factory=dict)  # machine.Machine: the CPU and its kernel-relevant features
     sidecar: dict | None = None  # {file, sha256}: the replayable record beside the report (lenet_export.record)
+    images: dict | None = None  # verify --images: {folder, fit, invert, files}; sample i is files[i]
+
+    def sample_name(self, i: int) -> str:
+        """Sample ``i`` as a user finds it: its file (``--images``), else its index in the test split."""
+        return self.images["files"][i] if self.images else str(i)
 
     @property
     def compared(self) -> list[str]:

@@ -82,9 +82,9 @@ BENCH_COLUMNS = ("backend", "size", "status", "accuracy", "max_abs", "latency", 
 def verify_table(rep: "Report"):
     """The parity report as a rich table (full reasons follow it)."""
     tol = rep.tolerance
+    data = f"{rep.samples} images" if rep.images else f"{rep.dataset}, {rep.samples} test images"
     return results_table(list(rep.backends.values()), rep.samples, VERIFY_COLUMNS,
-                         f"parity: {rep.model} on {rep.dataset}, {rep.samples} test images ({rep.data_source}), "
-                         f"atol {tol.atol:g} rtol {tol.rtol:g}")
+                         f"parity: {rep.model} on {data} ({rep.data_source}), atol {tol.atol:g} rtol {tol.rtol:g}")
 
 
 def ran_on(r: "BackendResult") -> str:
@@ -106,9 +106,9 @@ def _print_flips(rep: "Report") -> None:
     shown = {pair: f for pair, f in rep.pairwise.flips.items()
              if pair.startswith(f"{rep.reference} | ") or not approximate & set(pair.split(" | "))}
     for pair, f in list(shown.items())[:MAX_FLIP_LINES]:
-        first = f["samples"][:10]
+        first = [rep.sample_name(i) for i in f["samples"][:10]]
         console.print(f"class flips {pair}: {f['count']} sample{'s' if f['count'] > 1 else ''} "
-                      f"({', '.join(map(str, first))}{', ...' if f['count'] > len(first) else ''})")
+                      f"({', '.join(first)}{', ...' if f['count'] > len(first) else ''})", markup=False)
     rest = len(rep.pairwise.flips) - min(len(shown), MAX_FLIP_LINES)
     if rest:
         console.print(f"... and {rest} more pairs with flips in the report (pairwise.flips)")

@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 
 from . import __version__, backends as registry
-from .artefacts import Inputs, artefact_size, check_metadata, load_export, load_inputs, refuse_input_as_output
+from .artefacts import (Inputs, artefact_size, check_metadata, folder_inputs, load_export, load_inputs,
+                        refuse_input_as_output)
 from .backends import REFERENCE, Backend, Context, Fallback, Runner, Skip
 from .errors import ConfigError, first_line
 from .parity import (BATCH_INVARIANCE_SAMPLES, BATCH_INVARIANCE_SIZES, BUDGETS, Failure, Tolerance, batch_invariance,
@@ -41,6 +42,9 @@ class VerifyOptions:
     tolerance: Tolerance = Tolerance()
     require_cuda: bool = False
     report: Path | None = None
+    images: Path | None = None  # the user's labelled folder (image_folder) instead of the test split
+    fit: str = "exact"  # how --images are fitted to the model's input (predict.FITS)
+    invert: bool = False
     # called after the parity pass as localise(report, context, inputs, tolerance); must not raise (diff.attach)
     localise: Callable | None = None
 
@@ -176,13 +180,19 @@ def run_suite(opts: VerifyOptions, log=print) -> tuple[Report, dict[str, np.ndar
     export = load_export(Path(opts.exported), opts.checkpoint)
     ckpt = export.checkpoint
     name = opts.dataset or ckpt["dataset"]
-    inputs, source = load_inputs(name, ckpt, opts.data_dir)
+    images = None
+    if opts.images is not None:
+        inputs, files = folder_inputs(opts.images, ckpt, opts.fit, opts.invert)
+        source = f"image folder {opts.images} (fit {opts.fit}{', inverted' if opts.invert else ''})"
+        images = {"folder": str(opts.images), "fit": opts.fit, "invert": opts.invert, "files": files}
+    else:
+        inputs, source = load_inputs(name, ckpt, opts.data_dir)
     ctx = Context(export.folder, export.metadata, ckpt)
     rep = Report(model=ckpt["model"], dataset=name, data_source=source, samples=len(inputs.labels),
                  exported=str(export.folder), checkpoint=str(export.checkpoint_path),
                  checkpoint_sha256=export.checkpoint_sha256, tolerance=opts.tolerance, reference=REFERENCE,
                  created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                 lenet_export_version=__version__, machine=this_machine().to_dict())
+                 lenet_export_version=__version__, machine=this_machine().to_dict(), images=images)
     rep.metadata = check_metadata(export, backends=[b.name for b in chosen])
     outputs: dict[str, np.ndarray] = {}
     for b in chosen:

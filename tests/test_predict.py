@@ -2,6 +2,7 @@
 low confidence, what the model saw; on the shipped Fashion-MNIST model (torch-free)."""
 
 import csv
+import importlib.util
 import io
 import json
 import shutil
@@ -101,10 +102,50 @@ def test_batches_beyond_one_chunk_keep_order(tmp_path):
         assert r["probability"] == first[IMAGES[i % len(IMAGES)].name]
 
 
-@pytest.mark.parametrize("args,fragment", [(("--model", EXPORT / "model.xml"), "ONNX"),
-                                           (("--model", EXPORT / "model.tflite"), "ONNX"),
-                                           (("--format", "yaml"), "--format"), (("--fit", "crop"), "--fit")])
-def test_bad_options_and_non_onnx_models_are_one_line_errors(args, fragment):
+def _artefacts():
+    """Every CPU artefact of the shipped export with its backend, the float ones first."""
+    from lenet_export import backends
+
+    listed = {f for fs in json.loads((EXPORT / "metadata.json").read_text())["formats"].values() for f in fs}
+    found = {b.artefact: b for b in reversed(backends.registry().values())
+             if b.device == "cpu" and b.artefact in listed and b.name != "ort-web"}
+    return sorted(found.values(), key=lambda b: (b.precision != "fp32", b.name))
+
+
+@pytest.mark.parametrize("backend", _artefacts(), ids=lambda b: b.artefact)
+def test_every_artefact_runs_through_its_backend(backend):
+    """predict --model <any artefact> gives the ONNX model's classes (FP32 artefacts: its probabilities too)."""
+    if importlib.util.find_spec(backend.package) is None:
+        pytest.skip(f"{backend.package} is not installed ({backend.install})")
+    onnx_rows = jsonl(*map(str, IMAGES))
+    r = run_cli("predict", "--model", EXPORT / backend.artefact, "--format", "json", *map(str, IMAGES))
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["provider"].split(" ")[0] in (backend.name, "CPUExecutionProvider")
+    for mine, ref in zip(out["predictions"], onnx_rows):
+        if backend.precision == "fp32":
+            assert mine["label"] == ref["label"] and mine["probability"] == pytest.approx(ref["probability"], abs=1e-4)
+        else:
+            assert 0.0 < mine["probability"] <= 1.0
+
+
+def test_an_artefact_without_its_runtime_or_backend_is_a_one_line_error(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "MNN", None)  # as if MNN were not installed
+    assert_clean_error(run_cli("predict", "--model", EXPORT / "model.mnn", str(IMAGES[0])),
+                       "mnn-cpu cannot run model.mnn here", "pip install")
+    assert_clean_error(run_cli("predict", "--model", EXPORT / "model.xml", "--backend", "tract-cpu", str(IMAGES[0])),
+                       "runs model.nnef.tar, not model.xml")
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 64)
+    assert_clean_error(run_cli("predict", "--model", tmp_path / "weights.bin", str(IMAGES[0])),
+                       "not an artefact lenet-export runs")
+    shutil.copy(EXPORT / "model.tflite", tmp_path / "model.tflite")  # outside its export folder
+    assert_clean_error(run_cli("predict", "--model", tmp_path / "model.tflite", str(IMAGES[0])), "metadata.json")
+
+
+@pytest.mark.parametrize("args,fragment", [(("--format", "yaml"), "--format"), (("--fit", "crop"), "--fit")])
+def test_bad_options_are_one_line_errors(args, fragment):
     assert_clean_error(run_cli("predict", *(args if args[0] == "--model" else ("--model", MODEL, *args)),
                                str(IMAGES[0])), fragment)
 

@@ -109,6 +109,18 @@ def test_classifier_with_a_public_key_refuses_a_swapped_model(signed):
                                    SHIPPED_KEY), "its bytes differ from what was signed")
 
 
+def test_predict_with_a_public_key_checks_another_artefact_and_its_companion(signed):
+    """model.xml is run with model.bin: a changed byte in the companion is refused, naming it."""
+    png = next((REPO / "examples").rglob("*.png"))
+    r = run_cli("predict", str(png), "--model", signed / "model.xml", "--public-key", SHIPPED_KEY)
+    assert r.exit_code == 0, r.output
+    data = bytearray((signed / "model.bin").read_bytes())
+    data[-1] ^= 1
+    (signed / "model.bin").write_bytes(bytes(data))
+    assert_clean_error(run_cli("predict", str(png), "--model", signed / "model.xml", "--public-key", SHIPPED_KEY),
+                       "model.bin")
+
+
 def test_sign_then_verify_both_ways(signed, key, fmnist_dir):
     """`lenet-export sign` (in the signing environment) writes a signature model-signing's CLI accepts and this
     package's check accepts; the verdict is signed with the same key."""
