@@ -281,23 +281,44 @@ def predict(
                                                         show_default=False)] = None,
     public_key: Annotated[Optional[Path], typer.Option(help="Refuse the model unless it is what this key signed "
                                                             "(model.sig beside it).", show_default=False)] = None,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actors; pip install "
+                                             "'lenet-export[ray]').")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="--engine ray: an existing Ray cluster (default: a local "
+                                                        "Ray).", show_default=False)] = None,
+    num_cpus: Annotated[Optional[int], typer.Option(help="--engine ray: actors (and CPUs of a local Ray); default: "
+                                                         "every CPU.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the results here instead of to stdout; *.parquet: a "
+                                                     "Parquet table.", show_default=False)] = None,
 ):
     """Classify your own images with an exported model (ONNX Runtime, torch-free; or any backend)."""
     import sys
 
     from .backend_classifier import open_classifier
-    from .predict import FITS, OUTPUT_FORMATS, expand, render, score
+    from .predict import FITS, OUTPUT_FORMATS, expand, render, score, write_output
     from .ui import counter
 
     fit = "stretch" if resize else fit
     fmt = "json" if json_out else output_format
     if fit not in FITS or fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"--fit must be one of {', '.join(FITS)} and --format one of {', '.join(OUTPUT_FORMATS)}")
+    if engine not in ("local", "ray") or (engine == "local" and (address or num_cpus)) or (
+            engine == "ray" and save_inputs):
+        raise ConfigError("--engine must be local or ray; --address and --num-cpus go with --engine ray, "
+                          "--save-inputs with --engine local")
     files = expand(images)
     clf = open_classifier(model, backend, public_key)
     with counter(len(files), "images") as advance:
-        rows = list(score(clf, files, fit, invert, top_k, min_confidence, save_inputs, advance))
-    sys.stdout.write(render(rows, fmt, str(model), clf.provider))
+        if engine == "ray":
+            from .ray_engine import score_with_ray
+
+            rows = list(score_with_ray(files, model, backend, public_key, fit, invert, top_k, min_confidence,
+                                       address, num_cpus, advance))
+        else:
+            rows = list(score(clf, files, fit, invert, top_k, min_confidence, save_inputs, advance))
+    if out is not None:
+        write_output(rows, fmt, out, str(model), clf.provider)
+    else:
+        sys.stdout.write(render(rows, fmt, str(model), clf.provider))
 
 
 @app.command()

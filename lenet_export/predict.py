@@ -85,26 +85,37 @@ def fit_image(path: Path, channels: int, size: tuple[int, int], fit: str, invert
     return np.asarray(canvas, dtype=np.uint8)
 
 
+def check_scoring(classes: list[str], top_k: int, min_confidence: float) -> None:
+    if not 1 <= top_k <= len(classes):
+        raise ConfigError(f"--top-k must be from 1 to {len(classes)} (the model's classes), got {top_k}")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ConfigError(f"--min-confidence must be from 0 to 1, got {min_confidence}")
+
+
+def score_batch(clf, names: list[str], images: list[np.ndarray], top_k: int, min_confidence: float) -> list[Scored]:
+    """One batch of fitted images (``fit_image``) classified: one ``Scored`` per name. Both engines use it."""
+    pred = clf.classify(np.stack(images))
+    order = np.argsort(-pred.probabilities, axis=1, kind="stable")[:, :top_k]
+    out = []
+    for i, name in enumerate(names):
+        top = [{"label": clf.classes[j], "index": int(j), "probability": round(float(pred.probabilities[i, j]), 6)}
+               for j in order[i]]
+        out.append(Scored(name, top[0]["label"], top[0]["index"], top[0]["probability"],
+                          top[0]["probability"] < min_confidence, top))
+    return out
+
+
 def score(clf, files: list[Path], fit: str = "exact", invert: bool = False, top_k: int = 1,
           min_confidence: float = LOW_CONFIDENCE, save_inputs: Path | None = None,
           advance: Callable[[int], None] | None = None) -> Iterator[Scored]:
-    """Classify ``files`` with a ``runtime.Classifier`` in batches, yielding one result per file, in order."""
-    if not 1 <= top_k <= len(clf.classes):
-        raise ConfigError(f"--top-k must be from 1 to {len(clf.classes)} (the model's classes), got {top_k}")
-    if not 0.0 <= min_confidence <= 1.0:
-        raise ConfigError(f"--min-confidence must be from 0 to 1, got {min_confidence}")
+    """Classify ``files`` with a classifier (``runtime.Classifier``) in batches, one result per file, in order."""
+    check_scoring(clf.classes, top_k, min_confidence)
     for start in range(0, len(files), BATCH):
         chunk = files[start:start + BATCH]
         images = [fit_image(p, clf.channels, (clf.height, clf.width), fit, invert) for p in chunk]
         if save_inputs is not None:
             _save(images, chunk, save_inputs)
-        pred = clf.classify(np.stack(images))
-        order = np.argsort(-pred.probabilities, axis=1, kind="stable")[:, :top_k]
-        for i, p in enumerate(chunk):
-            top = [{"label": clf.classes[j], "index": int(j), "probability": round(float(pred.probabilities[i, j]), 6)}
-                   for j in order[i]]
-            yield Scored(str(p), top[0]["label"], top[0]["index"], top[0]["probability"],
-                         top[0]["probability"] < min_confidence, top)
+        yield from score_batch(clf, [str(p) for p in chunk], images, top_k, min_confidence)
         if advance is not None:
             advance(len(chunk))
 
@@ -144,3 +155,24 @@ def render(rows: list[Scored], fmt: str, model: str, provider: str) -> str:
         rest = "".join(f"\t{t['label']}\t{t['probability']:.4f}" for t in r.top_k[1:])
         lines.append(f"{r.file}\t{r.label}\t{r.probability:.4f}{rest}" + ("\tlow confidence" if r.low_confidence else ""))
     return "\n".join(lines) + "\n"
+
+
+def write_output(rows: list[Scored], fmt: str, path: Path, model: str, provider: str) -> None:
+    """The results in a file, atomically: ``.parquet`` as a Parquet table (needs pyarrow, which Ray Data brings),
+    anything else in ``fmt`` as ``render`` writes it."""
+    from .fsutil import atomic_write_bytes, write_errors
+
+    path = Path(path)
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ConfigError("--out *.parquet needs pyarrow (pip install pyarrow, or 'lenet-export[ray]')") from None
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist([r.__dict__ for r in rows]), sink)
+        data = sink.getvalue().to_pybytes()
+    else:
+        data = render(rows, fmt, model, provider).encode()
+    with write_errors(path):
+        atomic_write_bytes(path, data)

@@ -127,6 +127,36 @@ def predict_block(ws: Workspace) -> str:
     return fenced(ws.run(PREDICT))
 
 
+ENGINE_IMAGES = 10000  # the whole Fashion-MNIST test split, as PNG files
+
+
+def engines_block(ws: Workspace) -> str:
+    """predict's two engines on the test split written as PNG files: one run each, wall time and images/s (Ray's
+    includes starting a local Ray and its actors), and whether the outputs are identical."""
+    import time
+
+    from PIL import Image
+
+    from lenet_export.data import load_split
+    from lenet_export.machine import this_machine
+
+    folder = ws.dir / "test-pngs"
+    folder.mkdir()
+    split = load_split("fashion-mnist", train=False, data_dir=str(REPO.parent / "shared" / "datasets" / "fashion-mnist"))
+    for i in range(ENGINE_IMAGES):
+        Image.fromarray(split.images[i, 0].numpy()).save(folder / f"{i:05d}.png")
+    lines, seconds = [], {}
+    for engine in ("local", "ray"):
+        t = time.perf_counter()
+        lines.append(ws.run(f"lenet-export predict test-pngs --engine {engine} --format csv --out {engine}.csv"))
+        seconds[engine] = time.perf_counter() - t
+    lines.append(ws.run("cmp local.csv ray.csv && echo identical"))
+    table = ["| engine | images | seconds | images/s |", "|---|---|---|---|"]
+    table += [f"| {e} | {ENGINE_IMAGES:,} | {s:.1f} | {ENGINE_IMAGES / s:,.0f} |" for e, s in seconds.items()]
+    return (fenced(*lines) + "\n" + "\n".join(table) + f"\n\nOne run each, whole command (Ray: with starting a "
+            f"local Ray), on {this_machine().summary}.\n")
+
+
 def bench_block(folder: Path, data_dir: str):
     def block(ws: Workspace) -> str:
         name = folder.name.split("-lenet")[0]
@@ -275,7 +305,7 @@ def figure_mismatches(text: str) -> list[str]:
 QUICK = {"ratios": ratios_block, "train": train_block, "shipped": shipped_block, "training-speed": training_speed_block,
          "predict": predict_block, "models": models_block}
 SLOW = {"onnx": onnx_block, "quantize": quantize_block, "verify": verify_block, "replay": replay_block,
-        "diff": diff_block, "bench-fashion-mnist": bench_block(FMNIST, "../shared/datasets/fashion-mnist"),
+        "diff": diff_block, "engines": engines_block, "bench-fashion-mnist": bench_block(FMNIST, "../shared/datasets/fashion-mnist"),
         "bench-cifar10": bench_block(CIFAR, "../shared/datasets")}
 GENERATORS = {**QUICK, **SLOW}
 

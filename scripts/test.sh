@@ -5,5 +5,5 @@
 # (or $LENET_EXPORT_TEST_FMNIST / $LENET_EXPORT_TEST_CIFAR); missing ones are skipped with the reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh export,cpu,runtimes,test,plot
+bash scripts/install.sh export,cpu,runtimes,test,plot,ray
 exec .venv/bin/python -m pytest "$@"
