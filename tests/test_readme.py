@@ -19,15 +19,17 @@ def snippet(marker: str) -> str:
 
 
 def test_python_embedding_snippet_runs_without_torch():
-    code = "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n" + snippet("embed-python")
+    # neither torch nor onnx: what the light install (`lenet-export[cpu]`) has
+    code = ("import sys; sys.modules['torch'] = sys.modules['torchvision'] = sys.modules['onnx'] = None\n"
+            + snippet("embed-python"))
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert len(lines) == 11 and lines[-1] == "ran on CPUExecutionProvider"
-    # the golden inputs are one test image per class, in class order; the shipped model gets most right
-    names = [l.split()[0] for l in lines[:10]]
-    assert sum(n == c.split()[0] for n, c in zip(names, ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle"])) >= 8
+    assert len(lines) == 4 and lines[-1] == "ran on CPUExecutionProvider"
+    # each example image is named after its test label: the shipped model gets them right
+    for line in lines[:3]:
+        file, name = line[:37].strip(), line[37:49].strip()  # fashion-mnist-test0-ankle-boot.png, Ankle boot
+        assert file.split("-", 3)[-1].removesuffix(".png") == name.lower().replace(" ", "-"), line
 
 
 def test_node_snippet_runs(node_app):
