@@ -18,6 +18,11 @@ KERNEL_FEATURES = (
 )
 
 
+# Environment variables that cap or choose the kernels a runtime dispatches to on the same CPU: oneDNN's ISA cap
+# (OpenVINO's CPU plugin and PyTorch's convolutions use oneDNN) and PyTorch's own vectorised kernels.
+KERNEL_SETTINGS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE", "ATEN_CPU_CAPABILITY")
+
+
 @dataclass
 class Machine:
     cpu: str
@@ -25,6 +30,7 @@ class Machine:
     features: list[str] = field(default_factory=list)  # the KERNEL_FEATURES this CPU has
     threads: int = 1  # CPUs this process may run on
     os: str = ""
+    settings: dict[str, str] = field(default_factory=dict)  # the KERNEL_SETTINGS set in the environment
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,7 +41,9 @@ class Machine:
         threads = d.get("threads")
         return cls(str(d.get("cpu", "unknown")), str(d.get("arch", "unknown")),
                    [str(f) for f in d.get("features") or [] if isinstance(f, str)],
-                   threads if isinstance(threads, int) else 0, str(d.get("os", "")))
+                   threads if isinstance(threads, int) else 0, str(d.get("os", "")),
+                   {str(k): str(v) for k, v in (d.get("settings") or {}).items()} if isinstance(d.get("settings"), dict)
+                   else {})
 
     @property
     def summary(self) -> str:
@@ -45,8 +53,9 @@ class Machine:
         key = [f for f in self.features if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
                                                    "asimddp", "i8mm", "fphp")]
         has = " ".join(key) or "none of the INT8/FP16 extensions"
+        settings = "".join(f", {k}={v}" for k, v in self.settings.items())
         return (f"{self.cpu} ({self.arch}; {has}{', no ' + '/'.join(missing) if missing else ''}), "
-                f"{_threads(self.threads)}")
+                f"{_threads(self.threads)}{settings}")
 
 
 @functools.cache  # /proc/cpuinfo does not change while a process runs: read it once
@@ -78,7 +87,8 @@ def available_threads() -> int:
 def this_machine() -> Machine:
     flags = _cpuinfo()[1]
     return Machine(cpu_name(), platform.machine(), [f for f in KERNEL_FEATURES if f in flags], available_threads(),
-                   f"{platform.system()} {platform.release()}")
+                   f"{platform.system()} {platform.release()}",
+                   {k: os.environ[k] for k in KERNEL_SETTINGS if os.environ.get(k)})
 
 
 def _threads(n: int) -> str:
@@ -100,4 +110,7 @@ def difference(here: Machine, there: Machine) -> str:
         parts.append(f"only in the record: {' '.join(only_there)}")
     if here.threads != there.threads:
         parts.append(f"{_threads(here.threads)} here, {there.threads} in the record")
-    return "; ".join(parts) or "same CPU model, features and threads"
+    for k in sorted(set(here.settings) | set(there.settings)):
+        if here.settings.get(k) != there.settings.get(k):
+            parts.append(f"{k}={here.settings.get(k, '(unset)')} here, {there.settings.get(k, '(unset)')} in the record")
+    return "; ".join(parts) or "same CPU model, features, threads and kernel settings"

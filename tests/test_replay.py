@@ -50,7 +50,7 @@ def test_replay_on_the_same_machine_reproduces_every_backend(recorded, fmnist_di
     export, report = recorded
     r = _replay(export, report, fmnist_dir, "--report", tmp_path / "replay.json")
     assert r.exit_code == 0, r.output
-    assert "replay reproduced the record" in r.stdout and "same CPU model, features and threads" in r.stdout
+    assert "replay reproduced the record" in r.stdout and "same CPU model, features, threads and kernel settings" in r.stdout
     res = json.loads((tmp_path / "replay.json").read_text())
     assert res["passed"] and set(res["backends"]) == {"torch-cpu", *BACKENDS.split(",")}
     for b in res["backends"].values():
@@ -149,8 +149,19 @@ def test_machine_difference_names_the_features():
     b = Machine("AMD EPYC", "x86_64", ["avx2"], 2)
     d = difference(a, b)
     assert "only here: avx512f avx512_vnni" in d and "'Intel Xeon' here, 'AMD EPYC' in the record" in d
-    assert difference(a, a) == "same CPU model, features and threads"
+    assert difference(a, a) == "same CPU model, features, threads and kernel settings"
     assert "no avx512f" in b.summary and "avx512_vnni" in a.summary
+    capped = Machine("AMD EPYC", "x86_64", ["avx2"], 2, settings={"ONEDNN_MAX_CPU_ISA": "SSE41"})
+    assert difference(capped, b) == "ONEDNN_MAX_CPU_ISA=SSE41 here, (unset) in the record"
+    assert Machine.from_dict(capped.to_dict()) == capped and "ONEDNN_MAX_CPU_ISA=SSE41" in capped.summary
+
+
+def test_the_kernel_settings_of_the_environment_are_recorded(monkeypatch):
+    from lenet_export.machine import this_machine
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert this_machine().settings == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def test_replay_refuses_malformed_records_and_options(recorded, fmnist_dir, tmp_path):
