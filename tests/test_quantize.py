@@ -60,6 +60,21 @@ def test_variants_pass_their_budgets(dataset, quantized, runs, request):
         assert ov.passed and e.precision == "int8", ov.problems
         assert e.size_bytes < 0.35 * ov.backends["openvino-cpu"].size_bytes
         assert "model.int8.xml:rt_info" in ov.metadata.files
+    if importlib.util.find_spec("ai_edge_quantizer") and (out / "model.tflite").is_file():
+        lt = _verify(out, dataset, runs, request, ("litert-cpu", "litert-cpu-int8"))
+        e = lt.backends["litert-cpu-int8"]
+        assert lt.passed and e.precision == "int8", lt.problems
+        assert e.size_bytes < 0.35 * lt.backends["litert-cpu"].size_bytes and e.runtime["io"].startswith("int8")
+        assert "model.int8.tflite:lenet_export" in lt.metadata.files
+        assert meta["model.int8.tflite"]["quantizer"].startswith("ai-edge-quantizer")
+    if importlib.util.find_spec("executorch") and (out / "model.pte").is_file():
+        et = _verify(out, dataset, runs, request, ("executorch-cpu", "executorch-cpu-int8"))
+        e = et.backends["executorch-cpu-int8"]
+        assert et.passed and e.precision == "int8", et.problems
+        assert e.size_bytes < 0.35 * et.backends["executorch-cpu"].size_bytes
+        assert "model.int8.pte:metadata()" in et.metadata.files
+        # XNNPACK took the quantised convolutions and linear layers, not only the float ops around them
+        assert {"aten_convolution_default", "aten_linear_default"} <= set(e.runtime["delegated_op_types"]), e.runtime
 
 
 def test_bad_calibration_fails_the_accuracy_budget(runs, exports, request, tmp_path, monkeypatch):
@@ -77,9 +92,12 @@ def test_bad_calibration_fails_the_accuracy_budget(runs, exports, request, tmp_p
     monkeypatch.setattr(Q, "calibration_images", zeros)
     quantize(QuantizeOptions(exported=out, checkpoint=runs("fashion-mnist") / "best.pth", max_drop=100,
                              data_dir=str(data_dir_for("fashion-mnist", request))), log=lambda _: None)
-    rep = _verify(out, "fashion-mnist", runs, request, ("ort-cpu-int8",))
-    e = rep.backends["ort-cpu-int8"]
-    assert e.status == "failed" and "accuracy-drop" in e.rules, e.failures
+    lite = tuple(b for b, f in (("litert-cpu-int8", "model.int8.tflite"), ("executorch-cpu-int8", "model.int8.pte"))
+                 if (out / f).is_file())
+    rep = _verify(out, "fashion-mnist", runs, request, ("ort-cpu-int8", *lite))
+    for name in ("ort-cpu-int8", *lite):
+        e = rep.backends[name]
+        assert e.status == "failed" and "accuracy-drop" in e.rules, (name, e.failures)
 
 
 def test_calibration_on_test_images_is_refused(runs, exports, request, tmp_path):
@@ -88,9 +106,11 @@ def test_calibration_on_test_images_is_refused(runs, exports, request, tmp_path)
     quantize(QuantizeOptions(exported=out, checkpoint=runs("fashion-mnist") / "best.pth",
                              data_dir=str(data_dir_for("fashion-mnist", request)), calibration_split="test"),
              log=lambda _: None)
-    ov = importlib.util.find_spec("nncf") is not None and importlib.util.find_spec("openvino") is not None
-    rep = _verify(out, "fashion-mnist", runs, request, ("ort-cpu", "ort-cpu-int8") + (("openvino-cpu-int8",) if ov else ()))
-    for name in ("ort-cpu-int8", "openvino-cpu-int8") if ov else ("ort-cpu-int8",):
+    ov = ("openvino-cpu-int8",) if importlib.util.find_spec("nncf") and importlib.util.find_spec("openvino") else ()
+    lite = tuple(b for b, f in (("litert-cpu-int8", "model.int8.tflite"), ("executorch-cpu-int8", "model.int8.pte"))
+                 if (out / f).is_file())
+    rep = _verify(out, "fashion-mnist", runs, request, ("ort-cpu", "ort-cpu-int8", *ov, *lite))
+    for name in ("ort-cpu-int8", *ov, *lite):
         e = rep.backends[name]
         assert e.status == "failed" and "calibrated on the 'test' split: refused" in e.reason, (name, e.reason)
 

@@ -15,10 +15,19 @@ from ..native import captured_stderr
 from .base import Backend, Context, Runner, cpu_name
 
 
-def _open(ctx: Context) -> Runner:
+def _open(artefact: str):
+    def open_(ctx: Context) -> Runner:
+        return _runner(ctx, artefact)
+    return open_
+
+
+def _runner(ctx: Context, artefact: str) -> Runner:
     import torch
 
-    program, meta = load_pte(ctx.artefact("model.pte"), delegate=DELEGATE)
+    from ..formats import check_calibration
+
+    program, meta = load_pte(ctx.artefact(artefact), delegate=DELEGATE)
+    check_calibration(meta.get("calibration"))  # the INT8 program's; the FP32 one records none
     from executorch.version import __version__  # after load_pte, whose imports quieten ExecuTorch's warning
     with captured_stderr():
         forward = program.load_method("forward")
@@ -28,10 +37,13 @@ def _open(ctx: Context) -> Runner:
     def run(x: np.ndarray) -> list[np.ndarray]:
         return [o.numpy().copy() for o in forward.execute([torch.from_numpy(x)])]  # outputs live in planned memory
 
-    recorded = (ctx.metadata.get("model.pte") or {})
-    info = {"executorch": __version__, "delegate": DELEGATE, "portable_ops": recorded.get("portable_ops"),
-            "device": cpu_name()}
+    recorded = (ctx.metadata.get(artefact) or {})
+    info = {"executorch": __version__, "delegate": DELEGATE, "delegated_ops": recorded.get("delegated_ops"),
+            "delegated_op_types": recorded.get("delegated_op_types"),
+            "portable_ops": recorded.get("portable_ops"), "device": cpu_name()}
     return Runner(run, info, batch_range=(lo, int(planned)))
 
 
-BACKENDS = (Backend("executorch-cpu", "model.pte", "executorch", INSTALL, _open),)
+BACKENDS = (Backend("executorch-cpu", "model.pte", "executorch", INSTALL, _open("model.pte")),
+            Backend("executorch-cpu-int8", "model.int8.pte", "executorch", INSTALL, _open("model.int8.pte"),
+                    precision="int8"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .base import Format, MetadataCopy, Target
+from .base import QUANTIZE, Format, MetadataCopy, Target
 
 INSTALL = "pip install 'lenet-export[executorch]'"
 PTE_METADATA_METHOD = "metadata"  # the constant method of a .pte program that returns the metadata as JSON
@@ -49,9 +49,17 @@ def read_pte_metadata(path: Path) -> dict:
     return load_pte(path)[1]
 
 
-def _write(t: Target) -> dict:
+def _export(model, sample_shape):
+    """``torch.export`` with the dynamic batch of ``BATCH_RANGE`` (an example batch of ``EXAMPLE_BATCH``)."""
     import torch
 
+    sample = torch.zeros(EXAMPLE_BATCH, *sample_shape[1:])
+    batch = torch.export.Dim("batch", min=BATCH_RANGE[0], max=BATCH_RANGE[1])
+    return torch.export.export(model, (sample,), dynamic_shapes=({0: batch},))
+
+
+def _lower(program, metadata: dict, info: dict, path: Path) -> dict:
+    """Lower an exported program to XNNPACK and write it with ``metadata`` as its constant method."""
     from ..native import executorch_imports
 
     with executorch_imports():
@@ -60,24 +68,59 @@ def _write(t: Target) -> dict:
         from executorch.exir import to_edge_transform_and_lower
         from executorch.version import __version__
 
-    sample = torch.zeros(EXAMPLE_BATCH, *t.sample.shape[1:])
-    batch = torch.export.Dim("batch", min=BATCH_RANGE[0], max=BATCH_RANGE[1])
-    program = torch.export.export(t.model, (sample,), dynamic_shapes=({0: batch},))
-    info = {"batch_range": list(BATCH_RANGE), "delegate": DELEGATE, "executorch": __version__}
+    info = {"batch_range": list(BATCH_RANGE), "delegate": DELEGATE, "executorch": __version__, **info}
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
-                                       constant_methods={PTE_METADATA_METHOD: json.dumps({**t.metadata, **info})})
+                                       constant_methods={PTE_METADATA_METHOD: json.dumps({**metadata, **info})})
     # What XNNPACK does not take runs in ExecuTorch's portable kernels: here the flatten between the
     # convolutions and the linear layers (a view over the dynamic batch). Recorded, so the split is visible.
     ops = get_delegation_info(edge.exported_program().graph_module).get_operator_delegation_dataframe()
     rest = ops[(ops.op_type != "Total") & (ops.op_type != "getitem") & (ops.occurrences_in_non_delegated_graphs > 0)]
     info["delegated_ops"] = int(ops[ops.op_type == "Total"].occurrences_in_delegated_graphs.iloc[0])
+    taken = ops[(ops.op_type != "Total") & (ops.occurrences_in_delegated_graphs > 0)]
+    info["delegated_op_types"] = sorted(taken.op_type)  # what XNNPACK took (INT8: its quantize/dequantize too)
     info["portable_ops"] = sorted(rest.op_type)
-    (t.folder / "model.pte").write_bytes(edge.to_executorch().buffer)
-    return {"model.pte": info}
+    path.write_bytes(edge.to_executorch().buffer)
+    return info
+
+
+def _write(t: Target) -> dict:
+    return {"model.pte": _lower(_export(t.model, t.sample.shape), t.metadata, {}, t.folder / "model.pte")}
+
+
+def _int8(t: Target) -> dict:
+    """PT2E INT8 with ExecuTorch's XNNPACKQuantizer (symmetric, per-channel weights): the exported graph is
+    prepared (observers), calibrated on the training images, converted (quantize/dequantize pairs), exported
+    again and lowered to XNNPACK, which fuses the pairs into its INT8 kernels. Input and output stay float."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from ..native import executorch_imports
+    from .onnx_quantized import calibration_batches
+
+    with executorch_imports():
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                             get_symmetric_quantization_config)
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(_export(t.model.eval(), t.sample.shape).module(), quantizer)
+    with torch.no_grad():
+        for batch in calibration_batches(t.calibration.images):
+            prepared(torch.from_numpy(batch))
+    converted = convert_pt2e(prepared)
+    meta = {**t.metadata, "precision": "int8",
+            "calibration": {**t.calibration.description, "tool": "XNNPACKQuantizer (PT2E)"}}
+    info = {"quantizer": "XNNPACKQuantizer symmetric per-channel (PT2E)"}
+    return {"model.int8.pte": _lower(_export(converted, t.sample.shape), meta, info, t.folder / "model.int8.pte")}
 
 
 # The copy is read only when executorch-cpu runs: ExecuTorch's Python runtime imports its whole compiler (7 s).
 FORMATS = (Format("executorch", ("model.pte",), _write, package="executorch", install=INSTALL,
                   batch_range=BATCH_RANGE, summary="ExecuTorch program lowered to XNNPACK",
                   metadata=MetadataCopy(f"{PTE_METADATA_METHOD}()", read_pte_metadata, package="executorch",
-                                        read_with="executorch-cpu")),)
+                                        read_with="executorch-cpu")),
+           Format("executorch-int8", ("model.int8.pte",), _int8, package="executorch", install=INSTALL,
+                  made_from=("executorch",), stage=QUANTIZE, variant_of="executorch", precision="int8",
+                  batch_range=BATCH_RANGE, summary="INT8 ExecuTorch program (XNNPACKQuantizer, PT2E) lowered to "
+                  "XNNPACK, calibrated on training images",
+                  metadata=MetadataCopy(f"{PTE_METADATA_METHOD}()", read_pte_metadata, package="executorch",
+                                        read_with="executorch-cpu-int8")))

@@ -19,9 +19,10 @@ from unittest import mock
 import numpy as np
 
 from ..native import captured_stderr
-from .base import Format, MetadataCopy, Target
+from .base import QUANTIZE, Format, MetadataCopy, Target
 
 INSTALL = "pip install 'lenet-export[litert]'"
+INSTALL_INT8 = "pip install 'lenet-export[litert]' (ai-edge-quantizer)"
 BATCH = 1
 TFLITE_METADATA_KEY = "lenet_export"  # the name of the entry in a .tflite file's metadata table
 
@@ -68,8 +69,49 @@ def _write(t: Target) -> dict:
     return {"model.tflite": info}
 
 
+def _int8(t: Target) -> dict:
+    """LiteRT's own quantizer (ai-edge-quantizer, torch-free) on the float ``model.tflite``: its static recipe,
+    int8 weights and activations with min-max ranges from the calibration images. The graph's input and output
+    become int8 too, as a fully quantised phone or microcontroller model takes them: the runtime quantises the
+    normalised input with the input tensor's scale and zero point and dequantises the logits with the output's
+    (``backends.litert``)."""
+    import ai_edge_quantizer
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer, recipe
+
+    from ..machine import available_threads
+
+    source = t.input("model.tflite")
+    signature, io = next(iter(Interpreter(model_path=str(source)).get_signature_list().items()))
+    images = t.calibration.images
+    qt = quantizer.Quantizer(str(source))
+    qt.load_quantization_recipe(recipe.static_wi8_ai8())
+    with captured_stderr():  # calibration draws a progress bar
+        ranges = qt.calibrate({signature: [{io["inputs"][0]: images[i:i + 1]} for i in range(len(images))]},
+                              num_threads=available_threads())
+        quantized = qt.quantize(ranges, enable_progress_bar=False, enable_progress_report=False).quantized_model
+    version = getattr(ai_edge_quantizer, "__version__", None) or _dist_version("ai-edge-quantizer")
+    info = {"batch_range": [BATCH, BATCH], "quantizer": f"ai-edge-quantizer {version} static_wi8_ai8",
+            "io": "int8 (scale and zero point in the input and output tensors' quantization parameters)"}
+    meta = {**t.metadata, **info, "precision": "int8",
+            "calibration": {**t.calibration.description, "tool": "ai-edge-quantizer"}}
+    (t.folder / "model.int8.tflite").write_bytes(with_metadata(bytes(quantized), meta))
+    return {"model.int8.tflite": info}
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
 # Written last (order=1): litert-torch loads JAX, and a later fork (OpenVINO's import sends its usage event
 # from a forked process) would then warn that it may deadlock.
 FORMATS = (Format("litert", ("model.tflite",), _write, package="litert_torch", install=INSTALL,
                   batch_range=(BATCH, BATCH), order=1, summary="LiteRT (TensorFlow Lite) flatbuffer",
-                  metadata=MetadataCopy(TFLITE_METADATA_KEY, read_tflite_metadata, package="ai_edge_litert")),)
+                  metadata=MetadataCopy(TFLITE_METADATA_KEY, read_tflite_metadata, package="ai_edge_litert")),
+           Format("litert-int8", ("model.int8.tflite",), _int8, package="ai_edge_quantizer", install=INSTALL_INT8,
+                  made_from=("litert",), stage=QUANTIZE, variant_of="litert", precision="int8",
+                  batch_range=(BATCH, BATCH), summary="INT8 LiteRT flatbuffer (ai-edge-quantizer, int8 input and "
+                  "output), calibrated on training images",
+                  metadata=MetadataCopy(TFLITE_METADATA_KEY, read_tflite_metadata, package="ai_edge_litert")))
