@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from .cli_options import SHIPPED, DataDir, Exported, ExportCheckpoint, Fit, Images, Invert, check_images
-from .cli_support import (BACKENDS, CPU_BACKENDS, OPTIONAL_FORMATS, PROBED, VARIANTS, OneLineErrors, backend_names,
-                          cli_errors, run_replay)
+from .cli_support import (BACKENDS, CPU_BACKENDS, OPTIONAL_FORMATS, PROBED, VARIANT_FORMATS, VARIANTS, OneLineErrors,
+                          backend_names, cli_errors, run_replay)
 from .errors import ConfigError, ParityError
 
 app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -179,13 +179,16 @@ def quantize(
     max_drop: Annotated[float, typer.Option(help="Accuracy points an INT8 variant may lose on the validation split "
                                                  "before its most sensitive layers are kept in float (half the "
                                                  "INT8 budget: the rest is for validation vs test).")] = 0.25,
+    formats: Annotated[str, typer.Option(help=f"Comma-separated variants to write ({VARIANT_FORMATS}), or "
+                                              "all.")] = "all",
 ):
     from .quantize import QuantizeOptions, quantize as run_quantize
     from .ui import log
 
+    names = None if formats.strip() == "all" else tuple(n.strip() for n in formats.split(",") if n.strip())
     run_quantize(QuantizeOptions(exported=exported, checkpoint=checkpoint, data_dir=str(data_dir) if data_dir else None,
                                  calibration_size=calibration_size, seed=seed, per_channel=per_channel,
-                                 max_drop=max_drop), log=log)
+                                 max_drop=max_drop, formats=names), log=log)
 
 
 @app.command()

@@ -17,6 +17,7 @@ from .errors import ConfigError, LenetExportError, ParityError
 OPTIONAL_FORMATS = ", ".join(f.name for f in format_registry.registry(format_registry.EXPORT).values()
                              if not f.required)
 VARIANTS = ", ".join(f.artefact for f in format_registry.registry(format_registry.QUANTIZE).values())
+VARIANT_FORMATS = ", ".join(format_registry.registry(format_registry.QUANTIZE))
 BACKENDS = ", ".join(backend_registry.names())
 CPU_BACKENDS = ", ".join(backend_registry.names("cpu"))
 PROBED = ", ".join(backend_registry.probed())

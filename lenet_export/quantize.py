@@ -38,6 +38,7 @@ class QuantizeOptions:
     per_channel: bool = False
     max_drop: float = 0.25  # accuracy points on the validation split; beyond it, sensitive layers stay in float
     calibration_split: str = CALIBRATION_SPLIT  # "test" exists only so the tests can show verify refusing it
+    formats: tuple[str, ...] | None = None  # QUANTIZE format names to write; None: every one this machine can
 
 
 def calibration_images(ckpt: dict, opts: QuantizeOptions) -> tuple[np.ndarray, tuple | None, dict]:
@@ -93,6 +94,10 @@ def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
     from .fsutil import atomic_write_json, locked, native_errors, write_errors
 
     exported = Path(opts.exported)
+    known = registry(QUANTIZE)
+    if opts.formats is not None and (not opts.formats or set(opts.formats) - set(known)):
+        bad = sorted(set(opts.formats) - set(known)) or ["(none)"]
+        raise ConfigError(f"--formats: unknown variant {bad[0]}; choose from: {', '.join(known)} (or all)")
     if not exported.is_dir():
         raise ConfigError(f"{exported} is not an export folder (run `lenet-export onnx` first)")
     written: dict[str, str] = {}
@@ -107,7 +112,9 @@ def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
         target = Target(exported, model_from_checkpoint(export.checkpoint), None, np.zeros((2, c, h, w), np.float32),
                         None, read_onnx_metadata(exported / "model.onnx"), source=exported,
                         calibration=Calibration(x, calibration, validation, opts.max_drop))
-        for f in registry(QUANTIZE).values():
+        for f in known.values():
+            if opts.formats is not None and f.name not in opts.formats:
+                continue
             have = present_formats(meta)
             why = f.missing() or next((f"needs {d}, which the export does not have" for d in f.made_from
                                        if d not in have), None)

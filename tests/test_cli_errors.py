@@ -192,7 +192,7 @@ def test_quantize_an_export_made_before_formats_were_recorded(export, fmnist_dir
     for key in ("formats", "skipped_formats"):
         meta.pop(key)
     (export / "metadata.json").write_text(json.dumps(meta))
-    r = run_cli("quantize", "--exported", export, "--data-dir", fmnist_dir)
+    r = run_cli("quantize", "--exported", export, "--data-dir", fmnist_dir, "--formats", "onnx-fp16,onnx-int8")
     assert r.exit_code == 0, r.output
     listed = json.loads((export / "metadata.json").read_text())["formats"]
     assert {"onnx", "raw-onnx", "onnx-fp16", "onnx-int8"} <= set(listed)

@@ -91,7 +91,8 @@ def test_bad_calibration_fails_the_accuracy_budget(runs, exports, request, tmp_p
 
     monkeypatch.setattr(Q, "calibration_images", zeros)
     quantize(QuantizeOptions(exported=out, checkpoint=runs("fashion-mnist") / "best.pth", max_drop=100,
-                             data_dir=str(data_dir_for("fashion-mnist", request))), log=lambda _: None)
+                             data_dir=str(data_dir_for("fashion-mnist", request)),
+                             formats=("onnx-int8", "litert-int8", "executorch-int8")), log=lambda _: None)
     lite = tuple(b for b, f in (("litert-cpu-int8", "model.int8.tflite"), ("executorch-cpu-int8", "model.int8.pte"))
                  if (out / f).is_file())
     rep = _verify(out, "fashion-mnist", runs, request, ("ort-cpu-int8", *lite))
@@ -104,8 +105,8 @@ def test_calibration_on_test_images_is_refused(runs, exports, request, tmp_path)
     out = tmp_path / "export"
     shutil.copytree(exports("fashion-mnist"), out)
     quantize(QuantizeOptions(exported=out, checkpoint=runs("fashion-mnist") / "best.pth",
-                             data_dir=str(data_dir_for("fashion-mnist", request)), calibration_split="test"),
-             log=lambda _: None)
+                             data_dir=str(data_dir_for("fashion-mnist", request)), calibration_split="test",
+                             formats=("onnx-int8", "openvino-int8", "litert-int8", "executorch-int8")), log=lambda _: None)
     ov = ("openvino-cpu-int8",) if importlib.util.find_spec("nncf") and importlib.util.find_spec("openvino") else ()
     lite = tuple(b for b, f in (("litert-cpu-int8", "model.int8.tflite"), ("executorch-cpu-int8", "model.int8.pte"))
                  if (out / f).is_file())
@@ -124,9 +125,14 @@ def test_cli_and_skips(runs, exports, fmnist_dir, tmp_path):
     assert rep.backends["ort-cpu-int8"].status == "skipped" and "lenet-export quantize" in rep.backends["ort-cpu-int8"].reason
     assert_clean_error(run_cli("quantize", "--exported", out, "--checkpoint", ck, "--data-dir", fmnist_dir,
                                "--calibration-size", "0"), "--calibration-size must be positive")
-    r = run_cli("quantize", "--exported", out, "--checkpoint", ck, "--data-dir", fmnist_dir, "--calibration-size", "64")
+    assert_clean_error(run_cli("quantize", "--exported", out, "--checkpoint", ck, "--formats", "onnx-int4"),
+                       "--formats: unknown variant onnx-int4")
+    r = run_cli("quantize", "--exported", out, "--checkpoint", ck, "--data-dir", fmnist_dir, "--calibration-size", "64",
+                "--formats", "onnx-int8")
     assert r.exit_code == 0, r.output
     assert "calibration: 64 images of the train split, seed 0" in r.stdout
+    listed = json.loads((out / "metadata.json").read_text())["formats"]
+    assert "onnx-int8" in listed and "onnx-fp16" not in listed and not (out / "model.fp16.onnx").exists()
 
 
 @pytest.mark.parametrize("backend", ["ort-cpu-int8", "ort-cpu-fp16"])
@@ -166,8 +172,8 @@ def test_accuracy_control_keeps_the_sensitive_layers_in_float(tmp_path, request)
     backends = ("torch-cpu", "ort-cpu-int8")
 
     def run(max_drop):
-        quantize(QuantizeOptions(exported=out, checkpoint=out / "best.pth", data_dir=data, max_drop=max_drop),
-                 log=lambda _: None)
+        quantize(QuantizeOptions(exported=out, checkpoint=out / "best.pth", data_dir=data, max_drop=max_drop,
+                                 formats=("onnx-int8",)), log=lambda _: None)
         control = json.loads((out / "metadata.json").read_text())["model.int8.onnx"]["accuracy_control"]
         return control, verify(VerifyOptions(exported=out, checkpoint=out / "best.pth", data_dir=data,
                                              backends=backends), log=lambda _: None)
