@@ -192,3 +192,33 @@ def test_accuracy_control_keeps_the_sensitive_layers_in_float(tmp_path, request)
 def test_max_drop_out_of_range_is_a_one_line_error(tmp_path):
     out = _shipped_copy(tmp_path, "fashion-mnist")
     assert_clean_error(run_cli("quantize", "--exported", out, "--max-drop", "-1"), "--max-drop")
+
+
+@pytest.mark.heavy
+def test_nncf_accuracy_control_reverts_what_bad_calibration_broke(tmp_path, monkeypatch, request):
+    """All-zero calibration images break OpenVINO INT8 (every layer quantised: about 7 points lost on validation);
+    NNCF's accuracy control keeps a layer in float, and the variant passes verify on the test split."""
+    if not (importlib.util.find_spec("nncf") and importlib.util.find_spec("openvino")):
+        pytest.skip("nncf and openvino are not installed (pip install 'lenet-export[openvino]')")
+    import lenet_export.quantize as Q
+
+    out = tmp_path / "export"
+    shutil.copytree(REPO / "exported" / "fashion-mnist-lenet-modern", out)
+    real = Q.calibration_images
+
+    def zeros(ckpt, opts):
+        x, val, cal = real(ckpt, opts)
+        z = (0.0 - np.asarray(ckpt["mean"])) / np.asarray(ckpt["std"])
+        return np.broadcast_to(z.reshape(1, -1, 1, 1), x.shape).astype(np.float32).copy(), val, cal
+
+    monkeypatch.setattr(Q, "calibration_images", zeros)
+    data = str(data_dir_for("fashion-mnist", request))
+    quantize(QuantizeOptions(exported=out, data_dir=data, formats=("openvino-int8",)), log=lambda _: None)
+    control = json.loads((out / "metadata.json").read_text())["model.int8.xml"]["accuracy_control"]
+    val = control["validation_accuracy"]
+    assert control["kept_in_float"] and val["fp32"] - val["int8"] <= 0.0025 < val["fp32"] - val["int8_all_layers"]
+    rep = verify(VerifyOptions(exported=out, data_dir=data, backends=("openvino-cpu-int8",)), log=lambda _: None)
+    assert rep.backends["openvino-cpu-int8"].status == "passed", rep.backends["openvino-cpu-int8"].failures
+    from lenet_export.formats.openvino import read_openvino_metadata
+
+    assert read_openvino_metadata(out / "model.int8.xml")["accuracy_control"]["kept_in_float"] == control["kept_in_float"]
