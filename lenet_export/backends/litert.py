@@ -12,7 +12,7 @@ import numpy as np
 
 from ..machine import available_threads
 from ..native import captured_stderr
-from .base import Backend, Context, Runner, cpu_name
+from .base import Backend, Context, Probe, Runner, cpu_name
 
 INSTALL = "pip install ai-edge-litert (the runtime alone), or 'lenet-export[litert]' to export model.tflite too"
 
@@ -61,6 +61,84 @@ def _open(artefact: str):
     return open_
 
 
-BACKENDS = (Backend("litert-cpu", "model.tflite", "ai_edge_litert", INSTALL, _open("model.tflite")),
+def module_path(name: str) -> str | None:
+    """The torch module a litert-torch tensor name records: ``.../Sequential_features/...ReLU_2`` -> features.2
+    (each segment is ``<qualified class>_<attribute>``); None for a name without a module stack."""
+    parts = name.split("/")[1:]  # the first segment is the root model's class
+    if not parts:
+        return None
+    return ".".join(p.rsplit(".", 1)[-1].split("_", 1)[1] for p in parts if "_" in p.rsplit(".", 1)[-1]) or None
+
+
+def _points(details: list[dict], shapes: dict[str, tuple], order: list[str], graph_in: int, graph_out: int):
+    """{torch module: (tensor index, layout)} for the tensors whose value is a module's output. A fused tensor
+    (conv + batch norm + ReLU) names every module it covers, ``;;``-separated: it is the output of the last
+    one in execution order. ``layout``: ``nchw`` (as torch), ``nhwc`` (LiteRT's, transposed back), skipped else."""
+    from ..layermap import INPUT
+
+    points = {INPUT: (graph_in, "nchw"), order[-1]: (graph_out, "nchw")}
+    for d in details:  # in tensor order, which follows execution here; a later tensor of a module replaces it
+        mods = [m for m in (module_path(n.split(";")[0]) for n in d["name"].split(";;")) if m in shapes]
+        if not mods or d["index"] in (graph_in, graph_out):
+            continue
+        mod = max(mods, key=order.index)
+        shape, want = tuple(d["shape"][1:]), shapes[mod]
+        if shape == want:
+            points[mod] = (d["index"], "nchw")
+        elif len(shape) == 3 and (shape[2], shape[0], shape[1]) == want:
+            points[mod] = (d["index"], "nhwc")
+    return dict(sorted(points.items(), key=lambda kv: -1 if kv[0] == INPUT else order.index(kv[0])))
+
+
+def _probe(artefact: str):
+    def open_(ctx: Context) -> Probe:
+        import torch
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        from ..checkpoint import model_from_checkpoint
+        from .torch_eager import hooked, leaves
+
+        model = model_from_checkpoint(ctx.checkpoint)
+        order = leaves(model)
+        c, h, w = ctx.checkpoint["input_shape"]
+        shapes = {k: tuple(v.shape[1:]) for k, v in hooked(model, order)(torch.zeros(1, c, h, w)).items()}
+        # Without the XNNPACK delegate: a delegated subgraph keeps no intermediate tensors
+        with captured_stderr():
+            it = Interpreter(model_path=str(ctx.artefact(artefact)), experimental_preserve_all_tensors=True,
+                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            it.allocate_tensors()
+        inp, out = it.get_input_details()[0], it.get_output_details()[0]
+        q_in = quantizer_of(inp)
+        details = {d["index"]: d for d in it.get_tensor_details()}
+        points = _points(list(details.values()), shapes, order, inp["index"], out["index"])
+
+        def value(index: int, layout: str) -> np.ndarray:
+            d, v = details[index], it.get_tensor(index)
+            if d["dtype"] == np.int8:  # a quantised tensor: its real value
+                v = (v.astype(np.float32) - d["quantization"][1]) * np.float32(d["quantization"][0])
+            return v.transpose(0, 3, 1, 2) if layout == "nhwc" else v
+
+        def run(xf: np.ndarray, xu: np.ndarray) -> dict[str, np.ndarray]:
+            rows = []
+            for x in xf:  # the model takes batch 1
+                x = x[None]
+                if q_in:
+                    x = np.clip(np.round(x / q_in[0]) + q_in[1], -128, 127).astype(np.int8)
+                it.set_tensor(inp["index"], x)
+                it.invoke()
+                rows.append({str(i): value(i, layout).copy() for i, layout in points.values()})
+            return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+
+        import ai_edge_litert
+
+        return Probe(artefact, {m: str(i) for m, (i, _) in points.items()}, run,
+                     f"ai_edge_litert {ai_edge_litert.__version__} (builtin kernels)",
+                     notes=["LiteRT ran without its XNNPACK delegate (builtin kernels) so that every intermediate "
+                            "tensor is kept (experimental_preserve_all_tensors); verify runs it with XNNPACK"])
+    return open_
+
+
+BACKENDS = (Backend("litert-cpu", "model.tflite", "ai_edge_litert", INSTALL, _open("model.tflite"),
+                    probe=_probe("model.tflite")),
             Backend("litert-cpu-int8", "model.int8.tflite", "ai_edge_litert", INSTALL, _open("model.int8.tflite"),
-                    precision="int8"))
+                    precision="int8", probe=_probe("model.int8.tflite")))

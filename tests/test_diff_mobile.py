@@ -1,0 +1,69 @@
+"""`diff` inside LiteRT: the shipped model.tflite is within tolerance at every mapped layer, a weight scaled inside
+the flatbuffer is named as the first divergent layer, and the INT8 variant diverges where it quantises (its input)
+and stays a real comparison (SQNR) at every layer after."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli
+
+SHIPPED = REPO / "exported" / "fashion-mnist-lenet-modern"
+
+pytestmark = pytest.mark.heavy
+
+
+@pytest.fixture(autouse=True)
+def _litert():
+    pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (pip install 'lenet-export[litert]')")
+
+
+def _diff(folder, backend, fmnist_dir, tmp_path, ok=(0, 1)):
+    out = tmp_path / f"{backend}.json"
+    r = run_cli("diff", "--exported", folder, "--checkpoint", SHIPPED / "best.pth", "--backend", backend,
+                "--data-dir", fmnist_dir, "--samples", 16, "--json", out)
+    assert r.exit_code in ok, r.output
+    return json.loads(out.read_text()), r.stdout
+
+
+def test_untouched_tflite_is_within_tolerance_at_every_layer(fmnist_dir, tmp_path):
+    d, stdout = _diff(SHIPPED, "litert-cpu", fmnist_dir, tmp_path, ok=(0,))
+    names = [layer["layer"] for layer in d["layers"]]
+    assert d["first_divergent_layer"] is None and len(names) >= 8, names
+    assert names[0] == "input" and names[-1] == "classifier.3" and "features.3" in names and "classifier.0" in names
+    assert all(layer["max_abs"] < 1e-4 for layer in d["layers"])
+    assert "without its XNNPACK delegate" in stdout.replace("\n", " ")
+
+
+def test_a_scaled_weight_inside_the_flatbuffer_is_named(fmnist_dir, tmp_path):
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    bad = tmp_path / "bad"
+    shutil.copytree(SHIPPED, bad)
+    model = flatbuffer_utils.read_model(str(bad / "model.tflite"))
+    tensors = model.subgraphs[0].tensors
+    weight = next(t for t in tensors if t.name.decode().endswith("Sequential_classifier/torch.nn.modules.linear."
+                                                                "Linear_1;1"))
+    buf = model.buffers[weight.buffer]
+    w = np.frombuffer(bytes(buf.data), dtype=np.float32).reshape(weight.shape).copy()
+    w += 1e-3  # every weight of classifier.1 (one unit alone can be dead after the ReLU on these samples)
+    buf.data = np.frombuffer(w.tobytes(), dtype=np.uint8)
+    flatbuffer_utils.write_model(model, str(bad / "model.tflite"))
+    d, stdout = _diff(bad, "litert-cpu", fmnist_dir, tmp_path, ok=(1,))
+    assert "classifier.1" in d["first_divergent_modules"], d["layers"]
+    before = [layer for layer in d["layers"] if layer["layer"] != "input"][:5]
+    assert all(layer["within_tolerance"] for layer in before)
+    assert "litert-cpu first diverges at classifier.1" in stdout
+
+
+def test_int8_tflite_diverges_where_it_quantises(fmnist_dir, tmp_path):
+    pytest.importorskip("ai_edge_quantizer", reason="ai-edge-quantizer is not installed")
+    q = tmp_path / "q"
+    shutil.copytree(SHIPPED, q)
+    r = run_cli("quantize", "--exported", q, "--data-dir", fmnist_dir, "--formats", "litert-int8")
+    assert r.exit_code == 0, r.output
+    d, _ = _diff(q, "litert-cpu-int8", fmnist_dir, tmp_path, ok=(1,))
+    assert d["first_divergent_layer"] == "input"  # the int8 input tensor
+    assert len(d["layers"]) >= 8 and all(layer["sqnr_db"] > 10 for layer in d["layers"]), d["layers"]
