@@ -124,6 +124,7 @@ def quantize(opts: QuantizeOptions, log=print) -> dict[str, str]:
             with native_errors(exported, f"{f.name} quantisation"):
                 made = _write_variant(f, target, exported)
             meta["formats"][f.name] = list(f.files)
+            (meta.get("withheld_variants") or {}).pop(f.name, None)  # made again: ship's verdict no longer applies
             meta |= made
             meta["calibration"] = calibration
             atomic_write_json(exported / METADATA_FILE, meta)  # lists the variant once its files are in place

@@ -70,8 +70,11 @@ def ship(dataset: str, data_dir: str | None, root: Path = Path("exported"), runs
     quantize(QuantizeOptions(exported=out, checkpoint=out / "best.pth", data_dir=data_dir), log=log)
     from .diff import attach
 
-    report = verify(VerifyOptions(exported=out, checkpoint=out / "best.pth", data_dir=data_dir,
-                                  report=out / "verify.json", localise=attach), log=log)
+    opts = VerifyOptions(exported=out, checkpoint=out / "best.pth", data_dir=data_dir, report=out / "verify.json",
+                         localise=attach)
+    report = verify(opts, log=log)
+    if withhold_failed_variants(out, report, log):
+        report = verify(opts, log=log)  # again, without them: the folder holds only what was proven
     try:
         report.check()
     except ParityError as e:
@@ -79,6 +82,32 @@ def ship(dataset: str, data_dir: str | None, root: Path = Path("exported"), runs
     atomic_write_text(out / "MODEL_CARD.md", model_card(out, report))
     log(f"shipped {out}")
     return out
+
+
+def withhold_failed_variants(folder: Path, report: "Report", log=print) -> dict[str, str]:
+    """An approximate variant (FP16/INT8) that fails verify is removed from the shipped folder, with the reason
+    in ``metadata.json`` (``withheld_variants``), which verify and the card then show as a skip: ship ships only
+    what passed. Returns {format: why}; any other failure (an FP32 artefact, the metadata) is left to fail."""
+    from .formats import owner
+    from .fsutil import atomic_write_json
+
+    failed = {n: r for n, r in report.backends.items() if r.status == "failed"}
+    if not failed or not report.metadata.passed or any(r.precision == "fp32" or not r.artefact
+                                                       for r in failed.values()):
+        return {}
+    meta = json.loads((folder / "metadata.json").read_text())
+    withheld = dict(meta.get("withheld_variants") or {})
+    for name, r in failed.items():
+        fmt = owner(r.artefact)
+        for f in fmt.files:
+            (folder / f).unlink(missing_ok=True)
+        meta.get("formats", {}).pop(fmt.name, None)
+        meta.pop(fmt.artefact, None)
+        withheld[fmt.name] = f"{name} failed verify on the test split: {r.failures[0]}"
+        log(f"withheld {fmt.artefact}: {withheld[fmt.name]}")
+    meta["withheld_variants"] = withheld
+    atomic_write_json(folder / "metadata.json", meta)
+    return withheld
 
 
 def _plots(folder: Path, log) -> None:

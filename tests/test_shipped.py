@@ -21,8 +21,14 @@ FILES = [f for fmt in formats.registry().values() for f in fmt.files] + [
 @pytest.mark.parametrize("dataset", list(SHIPPED))
 def test_shipped_folder_is_complete(dataset):
     folder = SHIPPED[dataset]
-    missing = [f for f in FILES if not (folder / f).is_file()]
+    withheld = json.loads((folder / "metadata.json").read_text()).get("withheld_variants") or {}
+    expected = [f for f in FILES if not any(f in formats.registry()[w].files for w in withheld)]
+    missing = [f for f in expected if not (folder / f).is_file()]
     assert not missing, missing
+    rep = json.loads((folder / "verify.json").read_text())
+    for w in withheld:  # a withheld variant is gone, and verify says why instead of passing or failing it
+        b = next(n for n, b in registry.registry().items() if b.artefact == formats.registry()[w].artefact)
+        assert rep["backends"][b]["status"] == "skipped" and "withheld by lenet-export ship" in rep["backends"][b]["reason"]
     card = (folder / "MODEL_CARD.md").read_text()
     metrics = json.loads((folder / "metrics.json").read_text())
     assert f"{metrics['test_acc']:.4f}" in card
@@ -58,3 +64,41 @@ def test_ship_refuses_bad_input(tmp_path):
     assert_clean_error(run_cli("ship", "--from-run", tmp_path), "is not a finished training run (no best.pth)")
     assert_clean_error(run_cli("ship", "--dataset", "cifar10", "--from-run", SHIPPED["fashion-mnist"]),
                        "holds lenet-modern on fashion-mnist, not the default lenet-modern-cifar on cifar10")
+
+
+def test_ship_withholds_a_failing_variant_and_nothing_else(tmp_path, monkeypatch, request):
+    """A variant broken by all-zero calibration images fails verify: ship removes it, records why, and verify
+    then reports it skipped with that reason; an FP32 failure is never withheld."""
+    import shutil
+
+    import numpy as np
+
+    import lenet_export.quantize as Q
+    from lenet_export.quantize import QuantizeOptions, quantize
+    from lenet_export.report import FAILED
+    from lenet_export.ship import withhold_failed_variants
+
+    out = tmp_path / "export"
+    shutil.copytree(SHIPPED["fashion-mnist"], out)
+    real = Q.calibration_images
+
+    def zeros(ckpt, opts):
+        x, val, cal = real(ckpt, opts)
+        z = (0.0 - np.asarray(ckpt["mean"])) / np.asarray(ckpt["std"])
+        return np.broadcast_to(z.reshape(1, -1, 1, 1), x.shape).astype(np.float32).copy(), val, cal
+
+    monkeypatch.setattr(Q, "calibration_images", zeros)
+    data = str(data_dir_for("fashion-mnist", request))
+    quantize(QuantizeOptions(exported=out, data_dir=data, max_drop=100, formats=("onnx-int8",)), log=lambda _: None)
+    opts = VerifyOptions(exported=out, data_dir=data, backends=("ort-cpu", "ort-cpu-int8"))
+    rep = verify(opts, log=lambda _: None)
+    assert rep.backends["ort-cpu-int8"].status == "failed"
+    fp32_failure = rep.backends["ort-cpu"]
+    fp32_failure.status = FAILED
+    assert withhold_failed_variants(out, rep, log=lambda _: None) == {}  # an FP32 failure: nothing withheld
+    fp32_failure.status = "passed"
+    withheld = withhold_failed_variants(out, rep, log=lambda _: None)
+    assert list(withheld) == ["onnx-int8"] and not (out / "model.int8.onnx").exists()
+    again = verify(opts, log=lambda _: None)
+    assert again.passed and again.backends["ort-cpu-int8"].status == "skipped"
+    assert "withheld by lenet-export ship" in again.backends["ort-cpu-int8"].reason

@@ -48,6 +48,9 @@ class Context:
             from ..formats import QUANTIZE, owner
 
             fmt = owner(name)
+            withheld = (self.metadata.get("withheld_variants") or {}).get(fmt.name) if fmt else None
+            if withheld:
+                raise Skip(f"{name} was withheld by lenet-export ship: {withheld}")
             if fmt is None or fmt.stage == QUANTIZE:
                 how = f" (with {fmt.install})" if fmt and fmt.missing() else ""
                 raise Skip(f"the export has no {name} (lenet-export quantize --exported {self.exported}{how})")
