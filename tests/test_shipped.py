@@ -26,8 +26,8 @@ def test_shipped_folder_is_complete(dataset):
     missing = [f for f in expected if not (folder / f).is_file()]
     assert not missing, missing
     rep = json.loads((folder / "verify.json").read_text())
-    for w in withheld:  # a withheld variant is gone, and verify says why instead of passing or failing it
-        b = next(n for n, b in registry.registry().items() if b.artefact == formats.registry()[w].artefact)
+    gone = {n for n, b in registry.registry().items() for w in withheld if b.artefact == formats.registry()[w].artefact}
+    for b in gone:  # a withheld variant is gone, and verify says why instead of passing or failing it
         assert rep["backends"][b]["status"] == "skipped" and "withheld by lenet-export ship" in rep["backends"][b]["reason"]
     card = (folder / "MODEL_CARD.md").read_text()
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -38,7 +38,7 @@ def test_shipped_folder_is_complete(dataset):
     rep = json.loads((folder / "verify.json").read_text())
     assert rep["passed"] is True and rep["report_format"] == 3
     passed = {n for n, b in rep["backends"].items() if b["status"] == "passed"}
-    assert set(registry.names("cpu")) <= passed  # every CPU runtime passed on the machine that built it
+    assert set(registry.names("cpu")) - gone <= passed  # every CPU runtime passed on the machine that built it
 
 
 @pytest.mark.heavy  # real training or a whole data set: not in the quick tier
@@ -51,6 +51,8 @@ def test_shipped_models_pass_verify_on_the_real_test_set(dataset, request):
     assert rep.backends["ort-cpu-raw"].status == "passed" and rep.metadata.passed
     for name in registry.names("cpu"):  # every artefact passes wherever its runtime is installed
         b = registry.get(name)
+        if "withheld by lenet-export ship" in (rep.backends[name].reason or ""):
+            continue  # not shipped (test_shipped_folder_is_complete checks why)
         if b.package == "onnxruntime-web" or importlib.util.find_spec(b.package):
             assert rep.backends[name].status in (("passed", "skipped") if b.package == "onnxruntime-web"
                                                  else ("passed",)), rep.backends[name]

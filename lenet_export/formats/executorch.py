@@ -92,12 +92,12 @@ def _int8(t: Target) -> dict:
     prepared (observers), calibrated on the training images, converted (quantize/dequantize pairs), exported
     again and lowered to XNNPACK, which fuses the pairs into its INT8 kernels. Input and output stay float."""
     import torch
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from ..native import executorch_imports
     from .onnx_quantized import calibration_batches
 
-    with executorch_imports():
+    with executorch_imports():  # torchao first: its import is what makes torch warn
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                              get_symmetric_quantization_config)
 
