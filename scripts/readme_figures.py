@@ -178,6 +178,8 @@ RATIOS = (  # (what, numerator backend, denominator backend, field): read off do
     ("tract / eager torch, throughput", "tract-cpu", "torch-cpu", "throughput_img_s"),
     ("LiteRT / ONNX Runtime, latency at batch 1", "litert-cpu", "ort-cpu", "latency_ms_batch1"),
     ("OpenVINO INT8 / OpenVINO FP32, throughput", "openvino-cpu-int8", "openvino-cpu", "throughput_img_s"),
+    ("ExecuTorch INT8 / ExecuTorch FP32, throughput", "executorch-cpu-int8", "executorch-cpu", "throughput_img_s"),
+    ("LiteRT INT8 / LiteRT FP32, latency at batch 1", "litert-cpu-int8", "litert-cpu", "latency_ms_batch1"),
     ("ONNX Runtime INT8 / FP32, throughput", "ort-cpu-int8", "ort-cpu", "throughput_img_s"),
     ("ONNX Runtime FP16 / FP32, throughput", "ort-cpu-fp16", "ort-cpu", "throughput_img_s"),
     ("ONNX Runtime INT8 / FP32, size on disk", "ort-cpu-int8", "ort-cpu", "size_bytes"),
@@ -236,6 +238,9 @@ def variants_summary(rep: dict) -> str:
         if b.get("precision", "fp32") != "fp32" and b["status"] != "skipped":
             changed = rep["samples"] - b["argmax_agree"]
             parts.append(f"`{n}` {b['accuracy']:.4f} ({changed} changed, {b['status']})")
+        elif "withheld by lenet-export ship" in (b.get("reason") or ""):
+            why = b["reason"].split(": ", 1)[1].split(" failed verify on the test split: ", 1)[-1]
+            parts.append(f"`{n}` **withheld** (failed verify: {why})")
     return "; ".join(parts)
 
 
