@@ -95,7 +95,7 @@ def open_classifier(model: Path, backend: str | None = None, public_key: Path | 
     asked for, through the backend registry."""
     model = Path(model)
     if not model.is_file():
-        raise ConfigError(f"--model {model}: no such file")
+        raise ConfigError(f"--model {model} does not exist")
     if backend is None and model.suffix == ".onnx":
         return Classifier(model, public_key=public_key)
     return BackendClassifier(model, choose_backend(model, backend), public_key)
