@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
+
 from conftest import run_cli
 from lenet_export.bench import SWEEP
 
 
+@pytest.mark.slow  # every CPU backend's batch sweep (77 s); bench --images covers the verb in CI
 def test_bench_rows_sizes_and_markdown(runs, exports, fmnist_dir, tmp_path):
     out = exports("fashion-mnist")
     r = run_cli("bench", "--exported", out, "--checkpoint", runs("fashion-mnist") / "best.pth", "--data-dir", fmnist_dir,

@@ -270,8 +270,9 @@ def test_onnx_of_the_other_data_set_fails(runs, exports, fmnist_dir, tmp_path):
     assert "cannot run model.onnx" in _report(tmp_path)["backends"]["ort-cpu"]["reason"]
 
 
-@pytest.mark.parametrize("artefact,backend", [("model.onnx", "ort-cpu"), ("model.pt", "torchscript-cpu"),
-                                              ("model.raw.onnx", "ort-cpu-raw")])
+@pytest.mark.parametrize("artefact,backend", [("model.onnx", "ort-cpu"),  # the other two: -m slow (67 s)
+                                              pytest.param("model.pt", "torchscript-cpu", marks=pytest.mark.slow),
+                                              pytest.param("model.raw.onnx", "ort-cpu-raw", marks=pytest.mark.slow)])
 def test_garbage_artefact_fails_its_backend_and_report_is_written(artefact, backend, runs, exports, fmnist_dir,
                                                                    tmp_path):
     bad = _copy(exports, tmp_path)
