@@ -314,8 +314,8 @@ def predict(
         if engine == "ray":
             from .ray_engine import score_with_ray
 
-            rows = list(score_with_ray(files, model, backend, public_key, fit, invert, top_k, min_confidence,
-                                       address, num_cpus, advance))
+            rows = list(score_with_ray(files, model, clf.classes, backend, public_key, fit, invert, top_k,
+                                       min_confidence, address, num_cpus, advance))
         else:
             rows = list(score(clf, files, fit, invert, top_k, min_confidence, save_inputs, advance))
     if out is not None:

@@ -51,20 +51,20 @@ class Scorer:
         return {"row": np.array(rows, dtype=object)}
 
 
-def score_with_ray(files: list[Path], model: Path, backend: str | None = None, public_key: Path | None = None,
+def score_with_ray(files: list[Path], model: Path, classes: list[str], backend: str | None = None,
+                   public_key: Path | None = None,
                    fit: str = "exact", invert: bool = False, top_k: int = 1, min_confidence: float = 0.5,
                    address: str | None = None, num_cpus: int | None = None,
                    advance: Callable[[int], None] | None = None) -> Iterator[Scored]:
-    """``predict.score`` on Ray Data: one result per file, in the order of ``files``."""
+    """``predict.score`` on Ray Data: one result per file, in the order of ``files``. ``classes``: those of the
+    model, opened (and its signature checked) by the caller before Ray starts, so a bad model is one line."""
     try:
         import ray
     except ImportError:
         raise ConfigError(f"--engine ray needs Ray Data ({INSTALL})") from None
-    from .backend_classifier import open_classifier
     from .machine import available_threads
 
-    clf = open_classifier(model, backend, public_key)  # here first: a bad model is one line before Ray starts
-    check_scoring(clf.classes, top_k, min_confidence)
+    check_scoring(classes, top_k, min_confidence)
     if num_cpus is not None and num_cpus < 1:
         raise ConfigError(f"--num-cpus must be at least 1, got {num_cpus}")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reporting from a tool run

@@ -148,3 +148,20 @@ def node_app(tmp_path_factory):
         if r.returncode != 0:
             pytest.skip(f"npm install failed (no registry?): {r.stderr.strip().splitlines()[-1:]}")
     return node, app
+
+
+@pytest.fixture
+def zero_calibration(monkeypatch):
+    """quantize calibrates on all-zero images (every pixel 0 after decoding): a broken INT8 variant on purpose."""
+    import numpy as np
+
+    import lenet_export.quantize as Q
+
+    real = Q.calibration_images
+
+    def zeros(ckpt, opts):
+        x, val, cal = real(ckpt, opts)
+        z = (0.0 - np.asarray(ckpt["mean"])) / np.asarray(ckpt["std"])
+        return np.broadcast_to(z.reshape(1, -1, 1, 1), x.shape).astype(np.float32).copy(), val, cal
+
+    monkeypatch.setattr(Q, "calibration_images", zeros)

@@ -4,7 +4,6 @@ import importlib.util
 import json
 import shutil
 
-import numpy as np
 import onnx
 import pytest
 
@@ -83,19 +82,9 @@ def test_variants_pass_their_budgets(dataset, quantized, runs, request):
         assert {"aten_convolution_default", "aten_linear_default"} <= set(e.runtime["delegated_op_types"]), e.runtime
 
 
-def test_bad_calibration_fails_the_accuracy_budget(runs, exports, request, tmp_path, monkeypatch):
-    import lenet_export.quantize as Q
-
+def test_bad_calibration_fails_the_accuracy_budget(runs, exports, request, tmp_path, zero_calibration):
     out = tmp_path / "export"
     shutil.copytree(exports("fashion-mnist"), out)
-    real = Q.calibration_images
-
-    def zeros(ckpt, opts):  # all-zero images: every pixel at 0 after decoding
-        x, val, cal = real(ckpt, opts)
-        z = (0.0 - np.asarray(ckpt["mean"])) / np.asarray(ckpt["std"])
-        return np.broadcast_to(z.reshape(1, -1, 1, 1), x.shape).astype(np.float32).copy(), val, cal
-
-    monkeypatch.setattr(Q, "calibration_images", zeros)
     quantize(QuantizeOptions(exported=out, checkpoint=runs("fashion-mnist") / "best.pth", max_drop=100,
                              data_dir=str(data_dir_for("fashion-mnist", request)),
                              formats=("onnx-int8", "litert-int8", "executorch-int8")), log=lambda _: None)
@@ -201,23 +190,13 @@ def test_max_drop_out_of_range_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.heavy
-def test_nncf_accuracy_control_reverts_what_bad_calibration_broke(tmp_path, monkeypatch, request):
+def test_nncf_accuracy_control_reverts_what_bad_calibration_broke(tmp_path, zero_calibration, request):
     """All-zero calibration images break OpenVINO INT8 (every layer quantised: about 7 points lost on validation);
     NNCF's accuracy control keeps a layer in float, and the variant passes verify on the test split."""
     if not (importlib.util.find_spec("nncf") and importlib.util.find_spec("openvino")):
         pytest.skip("nncf and openvino are not installed (pip install 'lenet-export[openvino]')")
-    import lenet_export.quantize as Q
-
     out = tmp_path / "export"
     shutil.copytree(REPO / "exported" / "fashion-mnist-lenet-modern", out)
-    real = Q.calibration_images
-
-    def zeros(ckpt, opts):
-        x, val, cal = real(ckpt, opts)
-        z = (0.0 - np.asarray(ckpt["mean"])) / np.asarray(ckpt["std"])
-        return np.broadcast_to(z.reshape(1, -1, 1, 1), x.shape).astype(np.float32).copy(), val, cal
-
-    monkeypatch.setattr(Q, "calibration_images", zeros)
     data = str(data_dir_for("fashion-mnist", request))
     quantize(QuantizeOptions(exported=out, data_dir=data, formats=("openvino-int8",)), log=lambda _: None)
     control = json.loads((out / "metadata.json").read_text())["model.int8.xml"]["accuracy_control"]

@@ -68,28 +68,17 @@ def test_ship_refuses_bad_input(tmp_path):
                        "holds lenet-modern on fashion-mnist, not the default lenet-modern-cifar on cifar10")
 
 
-def test_ship_withholds_a_failing_variant_and_nothing_else(tmp_path, monkeypatch, request):
+def test_ship_withholds_a_failing_variant_and_nothing_else(tmp_path, zero_calibration, request):
     """A variant broken by all-zero calibration images fails verify: ship removes it, records why, and verify
     then reports it skipped with that reason; an FP32 failure is never withheld."""
     import shutil
 
-    import numpy as np
-
-    import lenet_export.quantize as Q
     from lenet_export.quantize import QuantizeOptions, quantize
     from lenet_export.report import FAILED
     from lenet_export.ship import withhold_failed_variants
 
     out = tmp_path / "export"
     shutil.copytree(SHIPPED["fashion-mnist"], out)
-    real = Q.calibration_images
-
-    def zeros(ckpt, opts):
-        x, val, cal = real(ckpt, opts)
-        z = (0.0 - np.asarray(ckpt["mean"])) / np.asarray(ckpt["std"])
-        return np.broadcast_to(z.reshape(1, -1, 1, 1), x.shape).astype(np.float32).copy(), val, cal
-
-    monkeypatch.setattr(Q, "calibration_images", zeros)
     data = str(data_dir_for("fashion-mnist", request))
     quantize(QuantizeOptions(exported=out, data_dir=data, max_drop=100, formats=("onnx-int8",)), log=lambda _: None)
     opts = VerifyOptions(exported=out, data_dir=data, backends=("ort-cpu", "ort-cpu-int8"))

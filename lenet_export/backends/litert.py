@@ -25,6 +25,11 @@ def quantizer_of(detail: dict):
     return float(scale), int(zero)
 
 
+def quantize_input(x: np.ndarray, q: tuple[float, int]) -> np.ndarray:
+    """Normalised float input as a fully quantised model's int8 input tensor takes it: (scale, zero point)."""
+    return np.clip(np.round(x / q[0]) + q[1], -128, 127).astype(np.int8)
+
+
 def _open(artefact: str):
     def open_(ctx: Context) -> Runner:
         import ai_edge_litert
@@ -46,7 +51,7 @@ def _open(artefact: str):
 
         def run(x: np.ndarray) -> list[np.ndarray]:
             if q_in:  # what an app does for a fully quantised model: its input tensor's scale and zero point
-                x = np.clip(np.round(x / q_in[0]) + q_in[1], -128, 127).astype(np.int8)
+                x = quantize_input(x, q_in)
             interpreter.set_tensor(inp["index"], x)
             interpreter.invoke()
             y = interpreter.get_tensor(out["index"]).copy()  # get_tensor's array is reused by the next invoke
@@ -123,7 +128,7 @@ def _probe(artefact: str):
             for x in xf:  # the model takes batch 1
                 x = x[None]
                 if q_in:
-                    x = np.clip(np.round(x / q_in[0]) + q_in[1], -128, 127).astype(np.int8)
+                    x = quantize_input(x, q_in)
                 it.set_tensor(inp["index"], x)
                 it.invoke()
                 rows.append({str(i): value(i, layout).copy() for i, layout in points.values()})
