@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .cli_serve import serve
 from .cli_options import SHIPPED, DataDir, Exported, ExportCheckpoint, Fit, Images, Invert, check_images
 from .cli_support import (BACKENDS, CPU_BACKENDS, OPTIONAL_FORMATS, PROBED, VARIANT_FORMATS, VARIANTS, OneLineErrors,
                           backend_names, cli_errors, run_replay)
@@ -353,6 +354,9 @@ def ship(
     from .ui import log
 
     run_ship(dataset, str(data_dir) if data_dir else None, root=root, log=log, from_run=from_run)
+
+
+app.command()(serve)
 
 
 @app.command()
