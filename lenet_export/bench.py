@@ -69,7 +69,7 @@ def bench(opts: VerifyOptions, log=print) -> tuple[list[BackendResult], int]:
     by the bench figures: batch-1 latency and the best throughput of the batch sweep. Returns (results, samples)."""
     rep, _, inputs = run_suite(opts, log=lambda _: None)  # the images, loaded once
     export = load_export(Path(opts.exported), opts.checkpoint)
-    ctx = Context(export.folder, export.metadata, export.checkpoint)
+    ctx = Context(export.folder, export.metadata, export.checkpoint, opts.endpoints)
     results = []
     for b in requested(opts.backends):
         if b.device != "cpu":
@@ -78,14 +78,22 @@ def bench(opts: VerifyOptions, log=print) -> tuple[list[BackendResult], int]:
         res.timing = None
         _, runner = open_backend(b, ctx, False) if res.ran else (None, None)
         if runner is not None:
-            x = inputs.get(b.input)[:EVAL_BATCH]
-            latency = latency_batch1(runner, x)
-            hi = runner.batch_range[1] if runner.batch_range else SWEEP[-1]  # ranges start at 1 (Runner)
-            best, img_s = sweep(lambda a: (runner.run(a), runner.sync()), x, tuple(s for s in SWEEP if s <= hi))
-            res.timing = Timing(latency, img_s, best)
-            log(f"{b.name:<16} latency {latency['median']:.3f} ms  best batch {best}  {img_s:,.0f} img/s")
+            try:
+                res.timing = _timing(runner, inputs.get(b.input)[:EVAL_BATCH])
+            finally:
+                runner.close()
+            t = res.timing
+            log(f"{b.name:<16} latency {t.latency_ms_batch1['median']:.3f} ms  best batch {t.throughput_batch}  "
+                f"{t.throughput_img_s:,.0f} img/s")
         results.append(res)
     return results, rep.samples
+
+
+def _timing(runner, x: np.ndarray) -> Timing:
+    latency = latency_batch1(runner, x)
+    hi = runner.batch_range[1] if runner.batch_range else SWEEP[-1]  # ranges start at 1 (Runner)
+    best, img_s = sweep(lambda a: (runner.run(a), runner.sync()), x, tuple(s for s in SWEEP if s <= hi))
+    return Timing(latency, img_s, best)
 
 
 def markdown(results: list[BackendResult], samples: int, title: str) -> str:

@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from .cli_serve import serve
-from .cli_options import SHIPPED, DataDir, Exported, ExportCheckpoint, Fit, Images, Invert, check_images
+from .cli_options import (SHIPPED, DataDir, Endpoint, Exported, ExportCheckpoint, Fit, Images, Invert, check_images,
+                          parse_endpoints)
 from .cli_support import (BACKENDS, CPU_BACKENDS, OPTIONAL_FORMATS, PROBED, VARIANT_FORMATS, VARIANTS, OneLineErrors,
                           backend_names, cli_errors, run_replay)
 from .errors import ConfigError, ParityError
@@ -140,9 +141,11 @@ def verify(
     images: Images = None,
     fit: Fit = "exact",
     invert: Invert = False,
+    endpoint: Endpoint = None,
 ):
     """Check that every runtime gives the checkpoint's logits and accuracy on the whole test set (or your images)."""
     check_images(images, fit, invert, data_dir, dataset)
+    endpoints = parse_endpoints(endpoint)
     if public_key is not None:
         from .signing import check_files
 
@@ -161,7 +164,7 @@ def verify(
     rep = run_verify(VerifyOptions(exported=exported, checkpoint=checkpoint, data_dir=str(data_dir) if data_dir else None,
                                    dataset=dataset, backends=names, tolerance=Tolerance(atol, rtol),
                                    require_cuda=require_cuda, report=report, localise=attach, images=images, fit=fit,
-                                   invert=invert), log=lambda _: None)
+                                   invert=invert, endpoints=endpoints), log=lambda _: None)
     print_report(rep, report)
     rep.check()
 

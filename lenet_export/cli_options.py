@@ -34,3 +34,27 @@ def check_images(images: Path | None, fit: str, invert: bool, data_dir: Path | N
         raise ConfigError("--fit and --invert apply to --images (the test split is already the model's size)")
     if images is not None and (data_dir is not None or dataset):
         raise ConfigError("--images replaces the test split: --data-dir and --dataset do not apply")
+
+
+Endpoint = Annotated[Optional[list[str]], typer.Option(
+    help="A running `lenet-export serve` for the oip backends: http://HOST:PORT (oip-http) and/or grpc://HOST:PORT "
+         "(oip-grpc); default: each starts its own on a free loopback port.", show_default=False)]
+
+
+def parse_endpoints(urls: list[str] | None) -> dict[str, str]:
+    """``--endpoint`` URLs by scheme; one per scheme, each with a host and a port."""
+    from urllib.parse import urlsplit
+
+    found: dict[str, str] = {}
+    for url in urls or []:
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("http", "grpc") or not parts.hostname or port is None or parts.path not in ("", "/"):
+            raise ConfigError(f"--endpoint {url!r}: give http://HOST:PORT or grpc://HOST:PORT")
+        if parts.scheme in found:
+            raise ConfigError(f"--endpoint: two {parts.scheme} URLs ({found[parts.scheme]}, {url})")
+        found[parts.scheme] = url
+    return found

@@ -39,9 +39,9 @@ class ServeOptions:
 
 
 def model_names(metadata: dict) -> dict[str, str]:
-    """Served model name -> artefact, for an export's metadata."""
+    """Artefact -> the name it is served under, for an export's metadata."""
     name = str(metadata.get("model_name") or "lenet")
-    return {name: "model.onnx", f"{name}-raw": "model.raw.onnx"}
+    return {"model.onnx": name, "model.raw.onnx": f"{name}-raw"}
 
 
 def _import_kserve():
@@ -72,7 +72,7 @@ def load_models(opts: ServeOptions) -> list:
     if opts.public_key is not None:
         from .signing import check_files, signed_bytes
 
-        check_files(opts.exported, opts.public_key, ["metadata.json", *model_names({}).values()])
+        check_files(opts.exported, opts.public_key, ["metadata.json", *model_names({})])
         read = lambda p: signed_bytes(p, opts.public_key)  # noqa: E731
     else:
         read = lambda p: p.read_bytes()  # noqa: E731
@@ -82,7 +82,7 @@ def load_models(opts: ServeOptions) -> list:
         raise ConfigError(f"{meta_path} is not valid JSON: {e}") from None
     classes = [str(c) for c in meta.get("classes") or []]
     models = []
-    for name, artefact in model_names(meta).items():
+    for artefact, name in model_names(meta).items():
         path = opts.exported / artefact
         if not path.is_file():
             raise ConfigError(f"{path} is missing: the export folder is incomplete")

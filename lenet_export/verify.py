@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +45,7 @@ class VerifyOptions:
     images: Path | None = None  # the user's labelled folder (image_folder) instead of the test split
     fit: str = "exact"  # how --images are fitted to the model's input (predict.FITS)
     invert: bool = False
+    endpoints: dict[str, str] = field(default_factory=dict)  # --endpoint: URL scheme -> a running server's URL
     # called after the parity pass as localise(report, context, inputs, tolerance); must not raise (diff.attach)
     localise: Callable | None = None
 
@@ -118,6 +119,14 @@ def evaluate(b: Backend, ctx: Context, inputs: Inputs, ref: np.ndarray | None, t
     if runner is None:
         return res, None
     res.runtime = runner.runtime
+    try:
+        return _evaluate_open(b, runner, res, ctx, inputs, ref, tol, measure)
+    finally:
+        runner.close()
+
+
+def _evaluate_open(b: Backend, runner: Runner, res: BackendResult, ctx: Context, inputs: Inputs,
+                   ref: np.ndarray | None, tol: Tolerance, measure: bool) -> tuple[BackendResult, np.ndarray | None]:
     x = inputs.get(b.input)
     try:
         t, batch_times = time.perf_counter(), []
@@ -187,7 +196,7 @@ def run_suite(opts: VerifyOptions, log=print) -> tuple[Report, dict[str, np.ndar
         images = {"folder": str(opts.images), "fit": opts.fit, "invert": opts.invert, "files": files}
     else:
         inputs, source = load_inputs(name, ckpt, opts.data_dir)
-    ctx = Context(export.folder, export.metadata, ckpt)
+    ctx = Context(export.folder, export.metadata, ckpt, opts.endpoints)
     rep = Report(model=ckpt["model"], dataset=name, data_source=source, samples=len(inputs.labels),
                  exported=str(export.folder), checkpoint=str(export.checkpoint_path),
                  checkpoint_sha256=export.checkpoint_sha256, tolerance=opts.tolerance, reference=REFERENCE,

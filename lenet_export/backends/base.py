@@ -39,6 +39,7 @@ class Context:
     exported: Path
     metadata: dict
     checkpoint: dict
+    endpoints: dict[str, str] = field(default_factory=dict)  # URL scheme (http, grpc) -> a running server's URL
 
     def artefact(self, name: str) -> Path:
         """The artefact's path; ``Skip`` when the export deliberately left it out (``--formats``, or a variant
@@ -86,6 +87,7 @@ class Runner:
     runtime: dict  # what actually ran: package version, providers, device, threads, TF32
     sync: Callable[[], None] = lambda: None  # wait for asynchronous devices before reading a clock
     batch_range: tuple[int, int] | None = None
+    close: Callable[[], None] = lambda: None  # release what ``open`` started (a server process); called once
 
     def __post_init__(self):
         if self.batch_range is None:
