@@ -78,7 +78,7 @@ class OnnxModel(Model):
             raise InvalidInput(f"input {want.name}: batch of {shape[0]}; this server takes 1 to {self.max_batch}")
         try:
             x = np.asarray(given.as_numpy(), dtype=self.dtype)
-        except (ValueError, TypeError) as e:  # JSON data that is not numbers of the datatype
+        except (ValueError, TypeError, OverflowError) as e:  # JSON data that is not numbers of the datatype
             raise InvalidInput(f"input {want.name}: data is not {want.datatype}: {e}") from None
         if x.size != int(np.prod(shape)):
             raise InvalidInput(f"input {want.name}: {x.size} values for shape {shape} ({int(np.prod(shape))} expected)")

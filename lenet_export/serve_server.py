@@ -26,26 +26,35 @@ from starlette.responses import JSONResponse
 log = logging.getLogger("lenet_export.serve")
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes gets 413 before any of it is read, and a body
-    without Content-Length (chunked) gets 411, so the limit holds without buffering."""
+class RequestGate:
+    """ASGI middleware in front of KServe's routes.
+
+    - A request body over ``limit`` bytes gets 413 before any of it is read; one without Content-Length
+      (chunked) gets 411, so the limit holds without buffering.
+    - A body without the binary extension's Inference-Header-Content-Length is JSON: tritonclient's HTTP client
+      sends JSON requests without a Content-Type, which FastAPI would hand KServe as bytes, and KServe refuses
+      bytes without that header."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] in ("POST", "PUT"):
-            length = dict(scope["headers"]).get(b"content-length")
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length")
             if length is None or not length.isdigit():
-                return await _refuse(send, 411, "a request body needs a Content-Length header")
+                return await _refuse(scope, receive, send, 411, "a request body needs a Content-Length header")
             if int(length) > self.limit:
-                return await _refuse(send, 413, f"request body of {int(length)} bytes; the limit is {self.limit}")
+                return await _refuse(scope, receive, send, 413,
+                                     f"request body of {int(length)} bytes; the limit is {self.limit}")
+            if b"inference-header-content-length" not in headers and headers.get(b"content-type") is None:
+                scope = dict(scope, headers=[*scope["headers"], (b"content-type", b"application/json")])
         await self.app(scope, receive, send)
 
 
-async def _refuse(send, status: int, message: str) -> None:
-    log.warning("refused: %s", message)
-    await JSONResponse({"error": message}, status_code=status)(None, None, send)
+async def _refuse(scope, receive, send, status: int, message: str) -> None:
+    log.warning("refused (%d): %s", status, message)
+    await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
 
 
 def _refusal(status: int):
@@ -97,7 +106,7 @@ def _rest(host: str, limit: int):
 
         def _add_middlewares(self, app):
             super()._add_middlewares(app)
-            app.add_middleware(BodyLimit, limit=limit)
+            app.add_middleware(RequestGate, limit=limit)
     return HostRESTServer
 
 
