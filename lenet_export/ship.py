@@ -67,6 +67,9 @@ def ship(dataset: str, data_dir: str | None, root: Path = Path("exported"), runs
     for name in RUN_FILES:
         shutil.copy2(run / name, out / name)
     _plots(out, log)
+    from .triton import write_repository
+
+    log(f"Triton model repository: {write_repository(out, json.loads((out / 'metadata.json').read_text()))}")
     quantize(QuantizeOptions(exported=out, checkpoint=out / "best.pth", data_dir=data_dir), log=log)
     from .diff import attach
 
@@ -224,6 +227,8 @@ Normalised input: `(pixel / 255 - mean) / std`, mean {meta['mean']}, std {meta['
 - `test_data_set_0/`, `raw_test_data_set_0/`: golden inputs/outputs (ONNX test-data layout), one real test image per class.
 - `best.pth`: the checkpoint (sha256 `{meta['checkpoint_sha256']}`), `metadata.json`, `metrics.json`, `history.csv`.
 - `verify.json` + `verify.npz`: the parity report and its replayable record (every sample's class per backend).
+- `triton/`: a Triton Inference Server model repository (`config.pbtxt` from the ONNX graphs, `labels.txt`,
+  `1/model.onnx`), serving the models under the names `lenet-export serve` uses.
 - `model.sig` (where signed): OpenSSF model-signing signature of every file; `verify.intoto.json`: the verify
   verdict as a signed in-toto statement. Check with `lenet-export verify --public-key PUB.pem` (see the README).
 
