@@ -10,11 +10,31 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_serve import serve
-from .cli_options import (SHIPPED, DataDir, Endpoint, Exported, ExportCheckpoint, Fit, Images, Invert, check_images,
-                          parse_endpoints)
-from .cli_support import (BACKENDS, CPU_BACKENDS, OPTIONAL_FORMATS, PROBED, VARIANT_FORMATS, VARIANTS, OneLineErrors,
-                          backend_names, cli_errors, run_replay)
+from .cli_options import (
+    SHIPPED,
+    DataDir,
+    Endpoint,
+    ExportCheckpoint,
+    Exported,
+    Fit,
+    Images,
+    Invert,
+    check_images,
+    parse_endpoints,
+)
+from .cli_serve import serve, serve_bench
+from .cli_support import (
+    BACKENDS,
+    CPU_BACKENDS,
+    OPTIONAL_FORMATS,
+    PROBED,
+    VARIANT_FORMATS,
+    VARIANTS,
+    OneLineErrors,
+    backend_names,
+    cli_errors,
+    run_replay,
+)
 from .errors import ConfigError, ParityError
 
 app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -78,7 +98,8 @@ def train(
                                                               "split only (smoke runs).")] = None,
 ):
     """Train a LeNet variant and keep the best-validation checkpoint (best.pth) in --out."""
-    from .training.train import TrainConfig, train as run_training
+    from .training.train import TrainConfig
+    from .training.train import train as run_training
     from .ui import epoch_progress, log
 
     cfg = TrainConfig(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
@@ -158,7 +179,8 @@ def verify(
     from .diff import attach
     from .parity import Tolerance
     from .ui import print_report
-    from .verify import VerifyOptions, verify as run_verify
+    from .verify import VerifyOptions
+    from .verify import verify as run_verify
 
     names = backend_names(backends)
     rep = run_verify(VerifyOptions(exported=exported, checkpoint=checkpoint, data_dir=str(data_dir) if data_dir else None,
@@ -186,7 +208,8 @@ def quantize(
     formats: Annotated[str, typer.Option(help=f"Comma-separated variants to write ({VARIANT_FORMATS}), or "
                                               "all.")] = "all",
 ):
-    from .quantize import QuantizeOptions, quantize as run_quantize
+    from .quantize import QuantizeOptions
+    from .quantize import quantize as run_quantize
     from .ui import log
 
     names = None if formats.strip() == "all" else tuple(n.strip() for n in formats.split(",") if n.strip())
@@ -209,7 +232,8 @@ def diff(
 ):
     """Find the first layer where a runtime's values leave eager PyTorch's (exit 1 when one does)."""
     from .artefacts import refuse_input_as_output
-    from .diff import DiffOptions, diff as run_diff
+    from .diff import DiffOptions
+    from .diff import diff as run_diff
     from .fsutil import atomic_write_json, write_errors
     from .parity import Tolerance
     from .ui import console, diff_line, diff_table
@@ -238,12 +262,17 @@ def bench(
     images: Images = None,
     fit: Fit = "exact",
     invert: Invert = False,
+    serve: Annotated[bool, typer.Option(help="Instead: load a `lenet-export serve` endpoint (gRPC and HTTP, batch 1 "
+                                             "and 64, concurrency 1, 8, 32) beside in-process ONNX Runtime.")] = False,
+    seconds: Annotated[float, typer.Option(help="--serve: seconds of load per row.")] = 3.0,
 ):
     """Compare the CPU runtimes side by side: size, latency, best-batch throughput, and parity."""
     import dataclasses
 
     from .artefacts import refuse_input_as_output
-    from .bench import bench as run_bench, markdown as to_markdown, row
+    from .bench import bench as run_bench
+    from .bench import markdown as to_markdown
+    from .bench import row
     from .fsutil import atomic_write_json, atomic_write_text, write_errors
     from .ui import bench_table, console, log
     from .verify import VerifyOptions
@@ -251,6 +280,8 @@ def bench(
     check_images(images, fit, invert, data_dir)
     refuse_input_as_output(json_out, exported, checkpoint, "--json")
     refuse_input_as_output(markdown, exported, checkpoint, "--markdown")
+    if serve:
+        return serve_bench(exported, seconds, json_out, markdown)
     opts = VerifyOptions(exported=exported, checkpoint=checkpoint, data_dir=str(data_dir) if data_dir else None,
                          backends=backend_names(backends), images=images, fit=fit, invert=invert)
     results, samples = run_bench(opts, log=log)

@@ -50,6 +50,7 @@ def _import_kserve():
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
         import kserve  # noqa: F401
+
         from . import serve_model
     except ImportError as e:
         raise ConfigError(f"serving needs kserve ({e.name} is missing): {INSTALL}") from None

@@ -11,19 +11,24 @@ import asyncio
 import logging
 from concurrent import futures
 
-from grpc import aio
+import orjson
 from fastapi.exceptions import RequestValidationError
-from grpc import StatusCode
+from grpc import StatusCode, aio
 from kserve import ModelServer
 from kserve.errors import InvalidInput, ModelNotFound
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
-from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+from kserve.protocol.grpc.interceptors import (
+    ExceptionToStatusInterceptor,
+    LoggingInterceptor,
+)
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
+from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 from kserve.protocol.rest.server import RESTServer
 from starlette.responses import JSONResponse
 
 log = logging.getLogger("lenet_export.serve")
+JSON_LENGTH = "inference-header-content-length"  # the binary-tensor extension's header
 
 
 class RequestGate:
@@ -80,14 +85,48 @@ class OneLineErrors(ExceptionToStatusInterceptor):
 
 
 def _checked_decode(decode):
-    """KServe decodes the binary-tensor extension inside ``DataPlane.decode``, where a body whose sizes do not
-    add up raises ValueError (a 500 there); it is the client's mistake: InvalidInput (400)."""
-    def checked(*args, **kwargs):
+    """``DataPlane.decode`` with two changes. A body whose sizes do not add up raises ValueError inside KServe
+    (a 500 there); it is the client's mistake: InvalidInput (400). And binary tensors stay bytes (``_from_bytes``)."""
+    def checked(body, headers, protocol_version=None, model_name=None):
         try:
-            return decode(*args, **kwargs)
+            if isinstance(body, bytes) and headers and JSON_LENGTH in headers:
+                return _from_bytes(body, headers[JSON_LENGTH], model_name), {}
+            return decode(body, headers, protocol_version=protocol_version, model_name=model_name)
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise InvalidInput(f"malformed request: {e}") from None
     return checked
+
+
+def _from_bytes(body: bytes, json_length: str, model_name: str) -> InferRequest:
+    """``InferRequest.from_bytes`` of KServe 0.21, except that a binary tensor stays bytes: KServe converts it
+    to a Python list element by element (``set_data_from_numpy(binary_data=False)``), 42 ms of a 51 ms request
+    of 64 Fashion-MNIST images here, and the model then reads it back with ``np.frombuffer``."""
+    if not json_length.isdigit() or int(json_length) > len(body):
+        raise InvalidInput(f"Inference-Header-Content-Length {json_length!r} does not fit a body of {len(body)} bytes")
+    start = int(json_length)
+    try:
+        header = orjson.loads(body[:start])
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"the JSON header does not parse: {e}") from None
+    inputs = []
+    for spec in header["inputs"]:
+        params = spec.get("parameters") or {}
+        given = InferInput(name=spec["name"], shape=spec["shape"], datatype=spec["datatype"], parameters=params)
+        if spec.get("data") is not None:
+            given.data = spec["data"]
+        elif "binary_data_size" in params:
+            size = int(params["binary_data_size"])
+            if size < 0 or start + size > len(body):
+                raise InvalidInput(f"input {spec['name']}: binary_data_size {size} runs past the body")
+            given._raw_data, start = body[start:start + size], start + size  # as KServe's from_bytes sets it
+        else:
+            raise InvalidInput(f"input {spec['name']}: no data and no binary_data_size")
+        inputs.append(given)
+    if start != len(body):
+        raise InvalidInput(f"{len(body) - start} bytes after the last binary tensor")
+    outputs = [RequestedOutput(name=o["name"], parameters=o.get("parameters")) for o in header.get("outputs") or []]
+    return InferRequest(model_name=model_name, request_id=header.get("id"), parameters=header.get("parameters"),
+                        infer_inputs=inputs, request_outputs=outputs or None)
 
 
 def _rest(host: str, limit: int):
