@@ -4,12 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=$1
+# `serve` is not installed into .venv (kserve needs protobuf<7 and more, below constraints.txt): it makes .venv-serve
+MAIN_EXTRAS=$(echo ",$EXTRAS," | sed 's/,serve,/,/g; s/^,//; s/,$//')
 
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
-echo "installing lenet-export[$EXTRAS] into .venv (log: .venv/install.log)"
+echo "installing lenet-export[$MAIN_EXTRAS] into .venv (log: .venv/install.log)"
 # pip and setuptools chatter goes to the log; it is shown only if the install fails. constraints.txt pins
 # the versions the shipped models and the README's figures come from (README, "Guarantees").
-if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -c constraints.txt -e ".[$EXTRAS]"; } \
+if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -c constraints.txt -e ".[$MAIN_EXTRAS]"; } \
      > .venv/install.log 2>&1; then
   cat .venv/install.log >&2
   exit 1
@@ -23,6 +25,19 @@ case ",$EXTRAS," in
     echo "installing lenet-export[cpu,sign] into .venv-sign (log: .venv-sign/install.log)"
     if ! .venv-sign/bin/python -m pip install -q -c constraints-sign.txt -e ".[cpu,sign]" > .venv-sign/install.log 2>&1; then
       cat .venv-sign/install.log >&2
+      exit 1
+    fi ;;
+esac
+# The serving environment: KServe's ModelServer (lenet-export serve) with the torch-free core and onnxruntime,
+# pinned by constraints-serve.txt; verify's oip backends and bench --serve start servers from it when
+# LENET_EXPORT_SERVE_PYTHON=.venv-serve/bin/python (the tests find it themselves).
+case ",$EXTRAS," in
+  *,test,*|*,serve,*)
+    [ -x .venv-serve/bin/python ] || "${PYTHON:-python3}" -m venv .venv-serve
+    echo "installing lenet-export[cpu,serve] into .venv-serve (log: .venv-serve/install.log)"
+    if ! { .venv-serve/bin/python -m pip install -q --upgrade pip && \
+           .venv-serve/bin/python -m pip install -q -c constraints-serve.txt -e ".[cpu,serve]"; } > .venv-serve/install.log 2>&1; then
+      cat .venv-serve/install.log >&2
       exit 1
     fi ;;
 esac

@@ -4,7 +4,8 @@
 # Re-running it resumes/finishes the run in runs/fashion-mnist and re-exports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh export,cpu,runtimes,plot
+bash scripts/install.sh export,cpu,runtimes,plot,serve-client,serve
+export LENET_EXPORT_SERVE_PYTHON=$PWD/.venv-serve/bin/python   # verify's oip backends start servers from it
 # Data: Debian's package (installed above where apt is usable; these machines have no internet), else
 # torchvision's download (md5-checked) on a connected machine.
 .venv/bin/lenet-export data --dataset fashion-mnist --download

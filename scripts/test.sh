@@ -5,5 +5,5 @@
 # (or $LENET_EXPORT_TEST_FMNIST / $LENET_EXPORT_TEST_CIFAR); missing ones are skipped with the reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh export,cpu,runtimes,test,plot,ray
+bash scripts/install.sh export,cpu,runtimes,test,plot,ray,serve-client
 exec .venv/bin/python -m pytest "$@"

@@ -283,3 +283,23 @@ def test_a_server_whose_model_was_tampered_with_fails_verify(tmp_path, request):
     for name in ("oip-http", "oip-grpc"):
         assert rep.backends[name].status == "failed" and not rep.backends[name].runtime["started_by_verify"]
         assert any(f.rule == "logits" for f in rep.backends[name].failures), rep.backends[name].failures
+
+
+def test_bench_serve_loads_every_row_without_errors(tmp_path):
+    """The load benchmark's plumbing (not its speed): every protocol x batch x concurrency ran and was answered."""
+    from lenet_export.serve_bench import BATCHES, CONCURRENCY, IN_PROCESS, PROTOCOLS, bench_serve, markdown
+
+    rows = bench_serve(FOLDER, 0.3, log=lambda _: None)
+    want = {(p, b, c) for p in PROTOCOLS for b in BATCHES for c in CONCURRENCY} | {(IN_PROCESS, b, 1) for b in BATCHES}
+    assert {(r.protocol, r.batch, r.concurrency) for r in rows} == want
+    assert all(r.errors == 0 and r.requests > 0 and r.p99_ms >= r.p50_ms > 0 for r in rows), rows
+    assert "over in-process ORT's: grpc" in markdown(rows, "this machine")
+
+
+def test_the_load_generator_reports_failure(server):
+    from lenet_export.errors import LenetExportError
+    from lenet_export.serve_bench import _generate
+
+    with pytest.raises(LenetExportError, match="load generator failed"):
+        _generate("http", server.http, "no-such-model", 1, 1, 0.2)
+    assert_clean_error(run_cli("bench", "--serve", "--seconds", "0"), "--seconds")
