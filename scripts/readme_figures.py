@@ -169,6 +169,17 @@ def bench_block(folder: Path, data_dir: str):
     return block
 
 
+def bench_serve_block(ws: Workspace) -> str:
+    """bench --serve on the shipped Fashion-MNIST model: the endpoint under load beside in-process ORT."""
+    serve_python = REPO / ".venv-serve" / "bin" / "python"
+    if not serve_python.is_file():
+        sys.exit("bench-serve needs .venv-serve (bash scripts/install.sh serve)")
+    ws.env["LENET_EXPORT_SERVE_PYTHON"] = str(serve_python)
+    cmd = f"lenet-export bench --serve --exported {rel(FMNIST)}"
+    ws.run(f"{cmd} --json docs/bench-serve.json --markdown docs/bench-serve.md")
+    return f"`{cmd}`:\n\n{(REPO / 'docs' / 'bench-serve.md').read_text().strip()}\n"
+
+
 RATIOS = (  # (what, numerator backend, denominator backend, field): read off docs/bench-*.json
     ("ONNX Runtime / eager torch, throughput", "ort-cpu", "torch-cpu", "throughput_img_s"),
     ("OpenVINO / eager torch, throughput", "openvino-cpu", "torch-cpu", "throughput_img_s"),
@@ -312,7 +323,7 @@ QUICK = {"ratios": ratios_block, "train": train_block, "shipped": shipped_block,
          "predict": predict_block, "models": models_block}
 SLOW = {"onnx": onnx_block, "quantize": quantize_block, "verify": verify_block, "replay": replay_block,
         "diff": diff_block, "engines": engines_block, "bench-fashion-mnist": bench_block(FMNIST, "../shared/datasets/fashion-mnist"),
-        "bench-cifar10": bench_block(CIFAR, "../shared/datasets")}
+        "bench-cifar10": bench_block(CIFAR, "../shared/datasets"), "bench-serve": bench_serve_block}
 GENERATORS = {**QUICK, **SLOW}
 
 

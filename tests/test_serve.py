@@ -303,3 +303,17 @@ def test_the_load_generator_reports_failure(server):
     with pytest.raises(LenetExportError, match="load generator failed"):
         _generate("http", server.http, "no-such-model", 1, 1, 0.2)
     assert_clean_error(run_cli("bench", "--serve", "--seconds", "0"), "--seconds")
+
+
+def test_readme_client_snippet_runs_against_the_server(server):
+    import re
+    import subprocess
+    import sys
+
+    readme = (REPO / "README.md").read_text()
+    code = re.search(r"<!-- serve-client:[^\n]*-->\n```python\n(.*?)```", readme, re.S).group(1)
+    r = subprocess.run([sys.executable, "-c", code.replace("localhost:8080", server.http)], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    first = re.findall(r"b'([^']+)'", r.stdout)[0]
+    assert first.split(":", 2)[2] == "Shirt", r.stdout  # the example image is a test-set shirt
