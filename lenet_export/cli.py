@@ -10,32 +10,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_options import (
-    SHIPPED,
-    DataDir,
-    Endpoint,
-    ExportCheckpoint,
-    Exported,
-    Fit,
-    Images,
-    Invert,
-    check_images,
-    parse_endpoints,
-)
-from .cli_serve import serve, serve_bench
-from .cli_support import (
-    BACKENDS,
-    CPU_BACKENDS,
-    OPTIONAL_FORMATS,
-    PROBED,
-    VARIANT_FORMATS,
-    VARIANTS,
-    OneLineErrors,
-    backend_names,
-    cli_errors,
-    run_replay,
-)
-from .errors import ConfigError, ParityError
+from .cli_bench import bench
+from .cli_options import (SHIPPED, DataDir, Endpoint, ExportCheckpoint, Exported, Fit, Images, Invert, check_images,
+                          parse_endpoints)
+from .cli_serve import serve
+from .cli_ship import ship, sign
+from .cli_support import (BACKENDS, CPU_BACKENDS, OPTIONAL_FORMATS, PROBED, VARIANT_FORMATS, VARIANTS, OneLineErrors,
+                          backend_names, cli_errors, run_replay)
+from .errors import ConfigError
 
 app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Train LeNet-family networks, export them to every portable format and verify parity.")
@@ -250,50 +232,7 @@ def diff(
         raise typer.Exit(1)
 
 
-@app.command()
-@cli_errors
-def bench(
-    exported: Exported = SHIPPED,
-    checkpoint: ExportCheckpoint = None,
-    data_dir: DataDir = None,
-    backends: Annotated[str, typer.Option(help=f"Comma-separated CPU backends ({CPU_BACKENDS}), or all.")] = "all",
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the rows as JSON here.")] = None,
-    markdown: Annotated[Optional[Path], typer.Option(help="Write the table as Markdown here.")] = None,
-    images: Images = None,
-    fit: Fit = "exact",
-    invert: Invert = False,
-    serve: Annotated[bool, typer.Option(help="Instead: load a `lenet-export serve` endpoint (gRPC and HTTP, batch 1 "
-                                             "and 64, concurrency 1, 8, 32) beside in-process ONNX Runtime.")] = False,
-    seconds: Annotated[float, typer.Option(help="--serve: seconds of load per row.")] = 3.0,
-):
-    """Compare the CPU runtimes side by side: size, latency, best-batch throughput, and parity."""
-    import dataclasses
-
-    from .artefacts import refuse_input_as_output
-    from .bench import bench as run_bench
-    from .bench import markdown as to_markdown
-    from .bench import row
-    from .fsutil import atomic_write_json, atomic_write_text, write_errors
-    from .ui import bench_table, console, log
-    from .verify import VerifyOptions
-
-    check_images(images, fit, invert, data_dir)
-    refuse_input_as_output(json_out, exported, checkpoint, "--json")
-    refuse_input_as_output(markdown, exported, checkpoint, "--markdown")
-    if serve:
-        return serve_bench(exported, seconds, json_out, markdown)
-    opts = VerifyOptions(exported=exported, checkpoint=checkpoint, data_dir=str(data_dir) if data_dir else None,
-                         backends=backend_names(backends), images=images, fit=fit, invert=invert)
-    results, samples = run_bench(opts, log=log)
-    title = f"{exported}" + (f", images {images}" if images else "")
-    console.print(bench_table(results, samples, title))
-    with write_errors(json_out or markdown or "."):
-        if json_out:
-            atomic_write_json(json_out, [dataclasses.asdict(row(r, exported)) for r in results])
-        if markdown:
-            atomic_write_text(markdown, to_markdown(results, samples, f"Runtimes on {title}") + "\n")
-    if failed := [r.name for r in results if r.status == "failed"]:  # a benchmark of a wrong model is no success
-        raise ParityError(f"parity failed for {', '.join(failed)}: these figures are of a model that differs")
+app.command()(bench)
 
 
 @app.command()
@@ -359,37 +298,8 @@ def predict(
         sys.stdout.write(render(rows, fmt, str(model), clf.provider))
 
 
-@app.command()
-@cli_errors
-def sign(
-    exported: Exported = SHIPPED,
-    key: Annotated[Path, typer.Option(help="Elliptic-curve private key (PEM, unencrypted) to sign with.")] = Path(
-        "signing-key.pem"),
-):
-    """Sign a verified export folder (OpenSSF model-signing) and its verify verdict (in-toto, same key)."""
-    from .signing import sign as run_sign
-    from .ui import log
-
-    res = run_sign(exported, key)
-    log(f"signed {res.files} files: {res.signature}; verdict {res.verdict}: {res.attestation}")
-
-
-@app.command()
-@cli_errors
-def ship(
-    dataset: Annotated[str, typer.Option(help="fashion-mnist or cifar10.")] = "fashion-mnist",
-    data_dir: DataDir = None,
-    root: Annotated[Path, typer.Option(help="Where the model folders go.")] = Path("exported"),
-    from_run: Annotated[Optional[Path], typer.Option(help="Package this finished training run (best.pth, "
-                                                          "metrics.json, history.csv) instead of training.")] = None,
-):
-    """Regenerate a shipped model folder: train the default model, export, verify, write MODEL_CARD.md."""
-    from .ship import ship as run_ship
-    from .ui import log
-
-    run_ship(dataset, str(data_dir) if data_dir else None, root=root, log=log, from_run=from_run)
-
-
+app.command()(sign)
+app.command()(ship)
 app.command()(serve)
 
 

@@ -37,23 +37,3 @@ def serve(
         log(f"serving {names} on http://{host}:{port} and grpc {host}:{grpc_port} (Open Inference Protocol v2)")
     start(opts, models, ready)
 
-
-def serve_bench(exported: Path, seconds: float, json_out: Path | None, markdown: Path | None) -> None:
-    """``bench --serve``: the endpoint under load beside in-process ORT (``serve_bench``); errors fail it."""
-    from .errors import LenetExportError
-    from .fsutil import atomic_write_json, atomic_write_text, write_errors
-    from .machine import this_machine
-    from .serve_bench import bench_serve
-    from .serve_bench import markdown as to_markdown
-    from .ui import log
-
-    rows = bench_serve(exported, seconds, log)
-    with write_errors(json_out or markdown or "."):
-        if json_out:
-            atomic_write_json(json_out, {"machine": this_machine().to_dict(), "seconds": seconds,
-                                         "rows": [r.to_dict() for r in rows]})
-        if markdown:
-            atomic_write_text(markdown, to_markdown(rows, this_machine().summary))
-    if failed := [r for r in rows if r.errors]:
-        raise LenetExportError(f"{sum(r.errors for r in failed)} requests failed under load "
-                               f"({failed[0].protocol}, batch {failed[0].batch}: {failed[0].first_error})")
