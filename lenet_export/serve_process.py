@@ -2,7 +2,8 @@
 tests: started, waited for (``/v2/health/ready``), stopped with SIGTERM (KILL after a grace period).
 
 KServe cannot share the toolchain's environment (pyproject.toml, extra ``serve``), so the server runs under the
-Python named by ``LENET_EXPORT_SERVE_PYTHON`` (e.g. ``.venv-serve/bin/python``), or this one when it has kserve.
+Python named by ``LENET_EXPORT_SERVE_PYTHON``; else this one when it has kserve; else ``.venv-serve`` beside this
+environment (where ``scripts/install.sh`` puts it). ``LENET_EXPORT_SERVE_PYTHON=`` (empty) starts none.
 """
 
 from __future__ import annotations
@@ -50,12 +51,17 @@ class Server:
 
 def server_python() -> str:
     chosen = os.environ.get(ENV)
+    if chosen == "":
+        raise ServerUnavailable(f"{ENV} is empty: no server is started ({HOW})")
     if chosen:
         if not Path(chosen).is_file():
             raise ServerUnavailable(f"{ENV}={chosen} does not exist ({HOW})")
         return chosen
     if importlib.util.find_spec("kserve") is not None:
         return sys.executable
+    beside = Path(sys.prefix).parent / ".venv-serve" / "bin" / "python"
+    if beside.is_file():
+        return str(beside)
     raise ServerUnavailable(f"no Python with kserve to start lenet-export serve ({HOW})")
 
 

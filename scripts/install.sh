@@ -29,8 +29,7 @@ case ",$EXTRAS," in
     fi ;;
 esac
 # The serving environment: KServe's ModelServer (lenet-export serve) with the torch-free core and onnxruntime,
-# pinned by constraints-serve.txt; verify's oip backends and bench --serve start servers from it when
-# LENET_EXPORT_SERVE_PYTHON=.venv-serve/bin/python (the tests find it themselves).
+# pinned by constraints-serve.txt; verify's oip backends and bench --serve start their servers from it.
 case ",$EXTRAS," in
   *,test,*|*,serve,*)
     [ -x .venv-serve/bin/python ] || "${PYTHON:-python3}" -m venv .venv-serve

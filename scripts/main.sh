@@ -5,7 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh export,cpu,runtimes,plot,serve-client,serve
-export LENET_EXPORT_SERVE_PYTHON=$PWD/.venv-serve/bin/python   # verify's oip backends start servers from it
 # Data: Debian's package (installed above where apt is usable; these machines have no internet), else
 # torchvision's download (md5-checked) on a connected machine.
 .venv/bin/lenet-export data --dataset fashion-mnist --download

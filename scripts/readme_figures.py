@@ -175,7 +175,7 @@ def bench_serve_block(ws: Workspace) -> str:
     if not serve_python.is_file():
         sys.exit("bench-serve needs .venv-serve (bash scripts/install.sh serve)")
     cmd = f"lenet-export bench --serve --exported {rel(FMNIST)}"
-    ws.run(f"LENET_EXPORT_SERVE_PYTHON={serve_python} {cmd} --json docs/bench-serve.json --markdown docs/bench-serve.md")
+    ws.run(f"{cmd} --json docs/bench-serve.json --markdown docs/bench-serve.md")
     return f"`{cmd}`:\n\n{(REPO / 'docs' / 'bench-serve.md').read_text().strip()}\n"
 
 

@@ -6,8 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CIFAR=${1:-../shared/datasets}
-# verify proves the endpoint too (oip-http, oip-grpc): servers from .venv-serve (bash scripts/install.sh serve)
-export LENET_EXPORT_SERVE_PYTHON=${LENET_EXPORT_SERVE_PYTHON:-$PWD/.venv-serve/bin/python}
+# verify proves the endpoint too (oip-http, oip-grpc): its servers run from .venv-serve (install.sh serve)
 for spec in "fashion-mnist:" "cifar10:--data-dir $CIFAR"; do
   dataset=${spec%%:*}
   extra=${spec#*:}

@@ -31,6 +31,10 @@ FMNIST_DIR = _first(os.environ.get("LENET_EXPORT_TEST_FMNIST"), SHARED / "fashio
 CIFAR_SRC = _first(os.environ.get("LENET_EXPORT_TEST_CIFAR"), SHARED / "cifar10-jpeg.tar.gz")
 
 
+# verify's oip backends would start two servers from .venv-serve in every all-backend verify of the suite (minutes
+# of CI); the tests that judge the endpoint (test_serve, test_shipped) name the serving Python themselves.
+os.environ.setdefault("LENET_EXPORT_SERVE_PYTHON", "")
+
 # Fixtures that train a model or install npm packages: a test that needs none of them is in the quick tier
 # (`bash scripts/test.sh -m quick`: parity rules, format metadata, registries, CLI errors), for the edit-test loop.
 HEAVY_FIXTURES = {"fmnist_run", "cifar_run", "runs", "exports", "node_app"}

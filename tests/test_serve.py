@@ -34,6 +34,7 @@ def serve_env():
     """The server's Python: $LENET_EXPORT_SERVE_PYTHON, else .venv-serve (scripts/install.sh makes it)."""
     pytest.importorskip("tritonclient.http", reason="tritonclient missing (pip install 'lenet-export[serve-client]')")
     chosen = os.environ.get("LENET_EXPORT_SERVE_PYTHON") or (str(SERVE_PYTHON) if SERVE_PYTHON.is_file() else None)
+    # (conftest sets it empty for the rest of the suite)
     if chosen is None:
         pytest.skip("no serving environment (bash scripts/install.sh serve makes .venv-serve)")
     old = os.environ.get("LENET_EXPORT_SERVE_PYTHON")
@@ -41,6 +42,8 @@ def serve_env():
     yield chosen
     if old is None:
         os.environ.pop("LENET_EXPORT_SERVE_PYTHON")
+    else:
+        os.environ["LENET_EXPORT_SERVE_PYTHON"] = old
 
 
 @pytest.fixture(scope="module")
