@@ -8,6 +8,7 @@ environment (where ``scripts/install.sh`` puts it). ``LENET_EXPORT_SERVE_PYTHON=
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -65,6 +66,14 @@ def server_python() -> str:
     raise ServerUnavailable(f"no Python with kserve to start lenet-export serve ({HOW})")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -86,8 +95,10 @@ def start_server(exported: Path, log: Path, *args: str, timeout: float = 90.0) -
     cmd = [python, "-m", "lenet_export", "serve", "--exported", str(exported), "--host", "127.0.0.1",
            "--port", str(port), "--grpc-port", str(grpc_port), *args]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     server = Server(f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", proc, log)
+    atexit.register(server.stop, 5.0)  # a caller that never closes its runner (predict) leaves no server behind
     deadline = time.monotonic() + timeout
     while not _ready(server.http):
         if proc.poll() is not None or time.monotonic() > deadline:
