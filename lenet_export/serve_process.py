@@ -23,8 +23,8 @@ from pathlib import Path
 from .errors import LenetExportError
 
 ENV = "LENET_EXPORT_SERVE_PYTHON"
-HOW = (f"bash scripts/install.sh serve, then {ENV}=.venv-serve/bin/python; or start `lenet-export serve` yourself "
-       "and pass --endpoint")
+HOW = (f"bash scripts/install.sh serve makes .venv-serve, found beside .venv; or set {ENV}; or start "
+       "`lenet-export serve` yourself and pass --endpoint")
 
 
 class ServerUnavailable(LenetExportError):
