@@ -92,18 +92,38 @@ def load_models(opts: ServeOptions) -> list:
 
 
 def start(opts: ServeOptions, models: list, on_ready=None) -> None:
-    """Serve ``models`` until SIGTERM or SIGINT; ``on_ready()`` is called once both ports are bound."""
-    if not 1 <= opts.port <= 65535 or not 1 <= opts.grpc_port <= 65535 or opts.port == opts.grpc_port:
-        raise ConfigError(f"ports {opts.port} (REST) and {opts.grpc_port} (gRPC) must be two ports from 1 to 65535")
-    if opts.max_body_mb <= 0:
-        raise ConfigError("--max-body-mb must be positive")
+    """Serve ``models`` until SIGTERM or SIGINT; ``on_ready()`` is called once the REST server listens."""
     from . import serve_server
 
     serve_server.run(opts.host, opts.port, opts.grpc_port, int(opts.max_body_mb * MIB), models, on_ready)
 
 
 def check_options(opts: ServeOptions) -> None:
+    """Before anything is loaded: the options a server cannot start with."""
+    if not 1 <= opts.port <= 65535 or not 1 <= opts.grpc_port <= 65535 or opts.port == opts.grpc_port:
+        raise ConfigError(f"ports {opts.port} (REST) and {opts.grpc_port} (gRPC) must be two ports from 1 to 65535")
+    if opts.max_body_mb <= 0:
+        raise ConfigError("--max-body-mb must be positive")
     if opts.max_batch < 1:
         raise ConfigError("--max-batch must be at least 1")
     if not opts.exported.is_dir():
         raise LenetExportError(f"{opts.exported} is not a folder")
+    for what, port in (("--port", opts.port), ("--grpc-port", opts.grpc_port)):
+        _check_free(opts.host, port, what)
+
+
+def _check_free(host: str, port: int, what: str) -> None:
+    """uvicorn and gRPC answer a taken port with a traceback from a closing event loop: ask first."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise ConfigError(f"--host {host}: {e}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise ConfigError(f"{what} {port}: cannot listen on {host}:{port} ({e.strerror})") from None

@@ -247,6 +247,8 @@ def test_serve_refuses_bad_input_in_one_line(tmp_path):
     if importlib.util.find_spec("kserve") is None:  # the toolchain's .venv: serving lives in .venv-serve
         assert_clean_error(run_cli("serve", "--exported", FOLDER), "needs kserve", "install.sh serve")
     assert_clean_error(run_cli("serve", "--exported", tmp_path / "missing"), "is not a folder")
+    assert_clean_error(run_cli("serve", "--exported", FOLDER, "--port", "8080", "--grpc-port", "8080"), "two ports")
+    assert_clean_error(run_cli("serve", "--exported", FOLDER, "--max-body-mb", "0"), "--max-body-mb")
     assert_clean_error(run_cli("verify", "--endpoint", "ftp://x:1"), "--endpoint")
     assert_clean_error(run_cli("verify", "--endpoint", "http://127.0.0.1"), "--endpoint")
 
@@ -324,3 +326,9 @@ def test_readme_client_snippet_runs_against_the_server(server):
     assert r.returncode == 0, r.stderr
     first = re.findall(r"b'([^']+)'", r.stdout)[0]
     assert first.split(":", 2)[2] == "Shirt", r.stdout  # the example image is a test-set shirt
+
+
+def test_a_taken_port_is_a_one_line_error(server):
+    port = server.http.split(":")[1]
+    assert_clean_error(run_cli("serve", "--exported", FOLDER, "--port", port, "--grpc-port", "1"), "cannot listen",
+                       f"--port {port}")
