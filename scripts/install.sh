@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 EXTRAS=$1
 # `serve` is not installed into .venv (kserve needs protobuf<7 and more, below constraints.txt): it makes .venv-serve
 MAIN_EXTRAS=$(echo ",$EXTRAS," | sed 's/,serve,/,/g; s/^,//; s/,$//')
+[ -n "$MAIN_EXTRAS" ] || MAIN_EXTRAS=cpu,serve-client   # `install.sh serve` alone: .venv gets the runtime and the client
 
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 echo "installing lenet-export[$MAIN_EXTRAS] into .venv (log: .venv/install.log)"
