@@ -216,3 +216,23 @@ def test_tract_archive_loads_whatever_the_metadata_holds(fmnist, tmp_path):
     from lenet_export.formats.tract import read_nnef_metadata
 
     assert read_nnef_metadata(tmp_path / "model.nnef.tar")["note"] == meta["note"]
+
+
+def test_tract_archive_bytes_do_not_depend_on_when_it_was_written(fmnist, tmp_path):
+    """The same model written twice, seconds apart, into two folders: the same bytes (tract stamps times)."""
+    _needs("tract")
+    import time
+
+    folder, _, ckpt = fmnist
+    meta = json.loads((folder / "metadata.json").read_text())
+    written = []
+    for name in ("a", "b"):
+        out, src = tmp_path / name, tmp_path / f"{name}-src"
+        out.mkdir()
+        src.mkdir()
+        _write(formats()["tract"], out, model_from_checkpoint(ckpt), ckpt, meta, src)
+        written.append((out / "model.nnef.tar").read_bytes())
+        time.sleep(1.1)  # tar times have one-second resolution
+    assert written[0] == written[1]
+    with tarfile.open(tmp_path / "a" / "model.nnef.tar") as tar:
+        assert {m.mtime for m in tar.getmembers()} == {0} and tar.getnames()[-1] == "metadata.json"

@@ -45,12 +45,20 @@ def _write(t: Target) -> dict:
         model = tract.onnx().load(f"{tmp}/model.onnx").into_model()
     path = t.folder / "model.nnef.tar"
     tract.nnef().write_model_to_tar(model, str(path))
-    data = json.dumps(t.metadata).encode()
-    with tarfile.open(path, "a") as tar:
-        info = tarfile.TarInfo(METADATA_FILE)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+    _repack(path, json.dumps(t.metadata).encode())
     return {"model.nnef.tar": {"converter": f"tract {tract.version()} (ONNX -> NNEF)", "input": str(model.input_fact(0))}}
+
+
+def _repack(path: Path, metadata: bytes) -> None:
+    """tract stamps each member with the time of writing: the same model gave different bytes on every export.
+    Rewritten with tract's members in its order, times and owners zeroed, and the metadata member appended."""
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for m, data in [*members, (tarfile.TarInfo(METADATA_FILE), metadata)]:
+            info = tarfile.TarInfo(m.name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
 
 
 FORMATS = (Format("tract", ("model.nnef.tar",), _write, package="tract", install=INSTALL, made_from=("onnx",),
