@@ -236,3 +236,25 @@ def test_tract_archive_bytes_do_not_depend_on_when_it_was_written(fmnist, tmp_pa
     assert written[0] == written[1]
     with tarfile.open(tmp_path / "a" / "model.nnef.tar") as tar:
         assert {m.mtime for m in tar.getmembers()} == {0} and tar.getnames()[-1] == "metadata.json"
+
+
+def test_mnn_model_bytes_do_not_depend_on_the_run(fmnist, fmnist_dir, tmp_path):
+    """MNN's converter writes a random UUID: replaced by one derived from the model, the same model written twice
+    gives the same bytes, and MNN still reads the model, its UUID and its metadata."""
+    _needs("MNN")
+    import MNN
+
+    from lenet_export.formats.mnn import read_mnn_metadata
+
+    folder, _, ckpt = fmnist
+    meta = json.loads((folder / "metadata.json").read_text())
+    written = []
+    for name in ("a", "b"):
+        out, src = tmp_path / name, tmp_path / f"{name}-src"
+        out.mkdir()
+        src.mkdir()
+        _write(formats()["mnn"], out, model_from_checkpoint(ckpt), ckpt, meta, src)
+        written.append((out / "model.mnn").read_bytes())
+    assert written[0] == written[1]
+    assert MNN.get_model_uuid(str(tmp_path / "a" / "model.mnn")).encode() in written[0]
+    assert read_mnn_metadata(tmp_path / "a" / "model.mnn")["classes"] == meta["classes"]

@@ -46,7 +46,27 @@ def _write(t: Target) -> dict:
                 "--MNNModel", str(t.folder / "model.mnn"), "--bizCode", json.dumps(t.metadata)]
         if not _tools.mnnconvert(args) or not (t.folder / "model.mnn").is_file():
             raise ExportError("MNN's converter could not convert model.onnx")
+    _content_uuid(t.folder / "model.mnn")
     return {"model.mnn": {"converter": f"MNN {version()} mnnconvert -f ONNX (C++ converter, FP32)"}}
+
+
+def _content_uuid(path: Path) -> None:
+    """MNN's converter writes a random UUID into each model (the ``mnn_uuid`` string MNN's telemetry reports as
+    ``model_guid``): the same model gave different bytes on every export. It is replaced, in place and at the
+    same length, by a UUID derived from the model's bytes without it."""
+    import hashlib
+    import uuid
+
+    with captured_output():
+        import MNN
+
+        old = MNN.get_model_uuid(str(path)).encode()
+    data = path.read_bytes()
+    if len(old) != 36 or data.count(old) != 1:
+        raise ExportError(f"model.mnn: MNN's model UUID {old!r} is not where it is expected")
+    digest = hashlib.sha256(data.replace(old, b"0" * 36)).hexdigest()
+    new = str(uuid.uuid5(uuid.NAMESPACE_OID, f"lenet-export model.mnn {digest}")).encode()
+    path.write_bytes(data.replace(old, new))
 
 
 FORMATS = (Format("mnn", ("model.mnn",), _write, package="MNN", install=INSTALL, made_from=("onnx",),
