@@ -218,9 +218,8 @@ def test_tract_archive_loads_whatever_the_metadata_holds(fmnist, tmp_path):
     assert read_nnef_metadata(tmp_path / "model.nnef.tar")["note"] == meta["note"]
 
 
-def test_tract_archive_bytes_do_not_depend_on_when_it_was_written(fmnist, tmp_path):
-    """The same model written twice, seconds apart, into two folders: the same bytes (tract stamps times)."""
-    _needs("tract")
+def _write_twice(fmt: str, fmnist, tmp_path, pause: float = 0.0) -> list[bytes]:
+    """The format's artefact written by its real writer into two folders, ``pause`` seconds apart."""
     import time
 
     folder, _, ckpt = fmnist
@@ -230,9 +229,16 @@ def test_tract_archive_bytes_do_not_depend_on_when_it_was_written(fmnist, tmp_pa
         out, src = tmp_path / name, tmp_path / f"{name}-src"
         out.mkdir()
         src.mkdir()
-        _write(formats()["tract"], out, model_from_checkpoint(ckpt), ckpt, meta, src)
-        written.append((out / "model.nnef.tar").read_bytes())
-        time.sleep(1.1)  # tar times have one-second resolution
+        _write(formats()[fmt], out, model_from_checkpoint(ckpt), ckpt, meta, src)
+        written.append((out / formats()[fmt].artefact).read_bytes())
+        time.sleep(pause)
+    return written
+
+
+def test_tract_archive_bytes_do_not_depend_on_when_it_was_written(fmnist, tmp_path):
+    """The same model written twice, seconds apart, into two folders: the same bytes (tract stamps times)."""
+    _needs("tract")
+    written = _write_twice("tract", fmnist, tmp_path, pause=1.1)  # tar times have one-second resolution
     assert written[0] == written[1]
     with tarfile.open(tmp_path / "a" / "model.nnef.tar") as tar:
         assert {m.mtime for m in tar.getmembers()} == {0} and tar.getnames()[-1] == "metadata.json"
@@ -246,15 +252,8 @@ def test_mnn_model_bytes_do_not_depend_on_the_run(fmnist, fmnist_dir, tmp_path):
 
     from lenet_export.formats.mnn import read_mnn_metadata
 
-    folder, _, ckpt = fmnist
-    meta = json.loads((folder / "metadata.json").read_text())
-    written = []
-    for name in ("a", "b"):
-        out, src = tmp_path / name, tmp_path / f"{name}-src"
-        out.mkdir()
-        src.mkdir()
-        _write(formats()["mnn"], out, model_from_checkpoint(ckpt), ckpt, meta, src)
-        written.append((out / "model.mnn").read_bytes())
+    meta = json.loads((fmnist[0] / "metadata.json").read_text())
+    written = _write_twice("mnn", fmnist, tmp_path)
     assert written[0] == written[1]
     assert MNN.get_model_uuid(str(tmp_path / "a" / "model.mnn")).encode() in written[0]
     assert read_mnn_metadata(tmp_path / "a" / "model.mnn")["classes"] == meta["classes"]
