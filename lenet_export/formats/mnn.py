@@ -13,6 +13,7 @@ imports ``MNN.tools``.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ..errors import ExportError
@@ -50,23 +51,26 @@ def _write(t: Target) -> dict:
     return {"model.mnn": {"converter": f"MNN {version()} mnnconvert -f ONNX (C++ converter, FP32)"}}
 
 
+UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _content_uuid(path: Path) -> None:
-    """MNN's converter writes a random UUID into each model (the ``mnn_uuid`` string MNN's telemetry reports as
-    ``model_guid``): the same model gave different bytes on every export. It is replaced, in place and at the
-    same length, by a UUID derived from the model's bytes without it."""
+    """MNN's converter writes a random UUID near the start of each model (the ``mnn_uuid`` string that MNN's
+    telemetry reports as ``model_guid``): the same model gave different bytes on every export. It is replaced, in
+    place and at the same length, by a UUID derived from the model's bytes without it. Found in the bytes, not
+    through MNN's parser: that crashes on a file the converter truncated (a full disk), which is left as it is
+    for the checks that follow."""
     import hashlib
     import uuid
 
-    with captured_output():
-        import MNN
-
-        old = MNN.get_model_uuid(str(path)).encode()
     data = path.read_bytes()
-    if len(old) != 36 or data.count(old) != 1:
-        raise ExportError(f"model.mnn: MNN's model UUID {old!r} is not where it is expected")
-    digest = hashlib.sha256(data.replace(old, b"0" * 36)).hexdigest()
+    found = list(UUID.finditer(data[:1024]))
+    if len(found) != 1:
+        return
+    old = found[0].group()
+    digest = hashlib.sha256(data.replace(old, b"0" * 36, 1)).hexdigest()
     new = str(uuid.uuid5(uuid.NAMESPACE_OID, f"lenet-export model.mnn {digest}")).encode()
-    path.write_bytes(data.replace(old, new))
+    path.write_bytes(data.replace(old, new, 1))
 
 
 FORMATS = (Format("mnn", ("model.mnn",), _write, package="MNN", install=INSTALL, made_from=("onnx",),
