@@ -70,8 +70,9 @@ def in_process(onnx_path: Path, batch: int, seconds: float) -> LoadRow:
                    float(np.percentile(ms, 99)), 0)
 
 
-def _generate(protocol: str, address: str, model: str, batch: int, concurrency: int, seconds: float) -> LoadRow:
-    cmd = [server_python(), "-m", "lenet_export.serve_load", "--protocol", protocol, "--address", address,
+def _generate(python: str, protocol: str, address: str, model: str, batch: int, concurrency: int,
+              seconds: float) -> LoadRow:
+    cmd = [python, "-m", "lenet_export.serve_load", "--protocol", protocol, "--address", address,
            "--model", model, "--batch", str(batch), "--concurrency", str(concurrency), "--seconds", str(seconds)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     if r.returncode != 0:
@@ -85,13 +86,14 @@ def bench_serve(exported: Path, seconds: float = 3.0, log=print) -> list[LoadRow
         raise LenetExportError("--seconds must be above 0 and at most 600")
     meta = json.loads((exported / "metadata.json").read_text())
     model = model_names(meta)["model.onnx"]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp, running_server(exported, Path(tmp) / "server.log") as server:
+    rows, python = [], server_python()  # the generator runs where the server's tritonclient is
+    with tempfile.TemporaryDirectory() as tmp, running_server(exported, Path(tmp) / "server.log",
+                                                              python=python) as server:
         for protocol in PROTOCOLS:
             address = server.grpc if protocol == "grpc" else server.http
             for batch in BATCHES:
                 for c in CONCURRENCY:
-                    rows.append(_generate(protocol, address, model, batch, c, seconds))
+                    rows.append(_generate(python, protocol, address, model, batch, c, seconds))
                     log(_line(rows[-1]))
     for batch in BATCHES:
         rows.append(in_process(exported / "model.onnx", batch, seconds))

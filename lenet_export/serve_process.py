@@ -88,9 +88,9 @@ def _ready(http: str) -> bool:
         return False
 
 
-def start_server(exported: Path, log: Path, *args: str, timeout: float = 90.0) -> Server:
-    """A server on two free loopback ports, ready; its output goes to ``log``."""
-    python = server_python()
+def start_server(exported: Path, log: Path, *args: str, python: str | None = None, timeout: float = 90.0) -> Server:
+    """A server on two free loopback ports, ready; its output goes to ``log``; ``python``: ``server_python()``."""
+    python = python or server_python()
     port, grpc_port = free_port(), free_port()
     cmd = [python, "-m", "lenet_export", "serve", "--exported", str(exported), "--host", "127.0.0.1",
            "--port", str(port), "--grpc-port", str(grpc_port), *args]
@@ -110,8 +110,8 @@ def start_server(exported: Path, log: Path, *args: str, timeout: float = 90.0) -
 
 
 @contextlib.contextmanager
-def running_server(exported: Path, log: Path, *args: str):
-    server = start_server(exported, log, *args)
+def running_server(exported: Path, log: Path, *args: str, python: str | None = None):
+    server = start_server(exported, log, *args, python=python)
     try:
         yield server
     finally:

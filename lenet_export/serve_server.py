@@ -170,7 +170,9 @@ def _grpc(host: str, limit: int):
 def run(host: str, port: int, grpc_port: int, limit: int, models: list, on_ready=None) -> None:
     import kserve.model_server as ms
 
-    ms.RESTServer, ms.GRPCServer = _rest(host, limit), _grpc(host, limit)  # ModelServer.start builds these
+    # ModelServer.start builds its servers from these two names of its module and takes no class to use instead:
+    # rebinding them (in this process, which only serves) is the one way in short of copying start()
+    ms.RESTServer, ms.GRPCServer = _rest(host, limit), _grpc(host, limit)
     server = ModelServer(http_port=port, grpc_port=grpc_port, workers=1, enable_grpc=True,
                          enable_latency_logging=False, grace_period=10)
     server.dataplane.decode = _checked_decode(server.dataplane.decode)

@@ -171,9 +171,12 @@ def bench_block(folder: Path, data_dir: str):
 
 def bench_serve_block(ws: Workspace) -> str:
     """bench --serve on the shipped Fashion-MNIST model: the endpoint under load beside in-process ORT."""
-    serve_python = REPO / ".venv-serve" / "bin" / "python"
-    if not serve_python.is_file():
-        sys.exit("bench-serve needs .venv-serve (bash scripts/install.sh serve)")
+    from lenet_export.serve_process import ServerUnavailable, server_python
+
+    try:
+        server_python()  # where `lenet-export bench --serve` will look for it
+    except ServerUnavailable as e:
+        sys.exit(f"bench-serve: {e}")
     cmd = f"lenet-export bench --serve --exported {rel(FMNIST)}"
     ws.run(f"{cmd} --json docs/bench-serve.json --markdown docs/bench-serve.md")
     return f"`{cmd}`:\n\n{(REPO / 'docs' / 'bench-serve.md').read_text().strip()}\n"

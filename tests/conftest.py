@@ -32,8 +32,19 @@ CIFAR_SRC = _first(os.environ.get("LENET_EXPORT_TEST_CIFAR"), SHARED / "cifar10-
 
 
 # verify's oip backends would start two servers from .venv-serve in every all-backend verify of the suite (minutes
-# of CI); the tests that judge the endpoint (test_serve, test_shipped) name the serving Python themselves.
-os.environ.setdefault("LENET_EXPORT_SERVE_PYTHON", "")
+# of CI); the tests that judge the endpoint turn them on with serving_on().
+SERVE_PYTHON_ENV = "LENET_EXPORT_SERVE_PYTHON"
+SERVE_PYTHON = os.environ.get(SERVE_PYTHON_ENV) or REPO / ".venv-serve" / "bin" / "python"
+os.environ.setdefault(SERVE_PYTHON_ENV, "")
+
+
+def serving_on(mp: pytest.MonkeyPatch) -> bool:
+    """Let the oip backends start servers ($LENET_EXPORT_SERVE_PYTHON as given, else .venv-serve); False when
+    there is no serving environment."""
+    if not Path(SERVE_PYTHON).is_file():
+        return False
+    mp.setenv(SERVE_PYTHON_ENV, str(SERVE_PYTHON))
+    return True
 
 # Fixtures that train a model or install npm packages: a test that needs none of them is in the quick tier
 # (`bash scripts/test.sh -m quick`: parity rules, format metadata, registries, CLI errors), for the edit-test loop.

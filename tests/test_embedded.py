@@ -14,7 +14,7 @@ import tarfile
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, serving_on
 from lenet_export import backends as registry
 from lenet_export.checkpoint import load_checkpoint, model_from_checkpoint
 from lenet_export.export import RawInputModel
@@ -70,10 +70,7 @@ def test_perturbed_artefact_fails_parity(fmt, fmnist, fmnist_dir, tmp_path, monk
     """Every format, written by its real writer from a model whose last bias moved by 0.5: every backend that
     runs it fails the logits rule, by that 0.5 (the endpoint too: oip-* serve the perturbed model.onnx)."""
     names = _runs(fmt)
-    serve_python = REPO / ".venv-serve" / "bin" / "python"
-    if serve_python.is_file():  # conftest turns the endpoint's servers off for the rest of the suite
-        monkeypatch.setenv("LENET_EXPORT_SERVE_PYTHON", str(serve_python))
-    else:
+    if not serving_on(monkeypatch):  # conftest turns the endpoint's servers off for the rest of the suite
         names = [n for n in names if not n.startswith("oip-")]
     if fmt.missing() or not names:
         pytest.skip(fmt.missing() or f"no runtime for {fmt.artefact} is installed")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import signal
 import threading
@@ -19,31 +18,23 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_clean_error, data_dir_for, run_cli
+from conftest import REPO, assert_clean_error, data_dir_for, run_cli, serving_on
 
 SHIPPED = {"fashion-mnist": REPO / "exported" / "fashion-mnist-lenet-modern",
            "cifar10": REPO / "exported" / "cifar10-lenet-modern-cifar"}
 FOLDER = SHIPPED["fashion-mnist"]
-SERVE_PYTHON = REPO / ".venv-serve" / "bin" / "python"
 
 pytestmark = pytest.mark.heavy  # server processes: seconds each, not the edit-test loop
 
 
 @pytest.fixture(scope="module", autouse=True)
 def serve_env():
-    """The server's Python: $LENET_EXPORT_SERVE_PYTHON, else .venv-serve (scripts/install.sh makes it)."""
+    """The oip backends and start_server may start servers (conftest turns them off for the rest of the suite)."""
     pytest.importorskip("tritonclient.http", reason="tritonclient missing (pip install 'lenet-export[serve-client]')")
-    chosen = os.environ.get("LENET_EXPORT_SERVE_PYTHON") or (str(SERVE_PYTHON) if SERVE_PYTHON.is_file() else None)
-    # (conftest sets it empty for the rest of the suite)
-    if chosen is None:
-        pytest.skip("no serving environment (bash scripts/install.sh serve makes .venv-serve)")
-    old = os.environ.get("LENET_EXPORT_SERVE_PYTHON")
-    os.environ["LENET_EXPORT_SERVE_PYTHON"] = chosen
-    yield chosen
-    if old is None:
-        os.environ.pop("LENET_EXPORT_SERVE_PYTHON")
-    else:
-        os.environ["LENET_EXPORT_SERVE_PYTHON"] = old
+    with pytest.MonkeyPatch.context() as mp:
+        if not serving_on(mp):
+            pytest.skip("no serving environment (bash scripts/install.sh serve makes .venv-serve)")
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -308,9 +299,10 @@ def test_bench_serve_loads_every_row_without_errors(tmp_path):
 def test_the_load_generator_reports_failure(server):
     from lenet_export.errors import LenetExportError
     from lenet_export.serve_bench import _generate
+    from lenet_export.serve_process import server_python
 
     with pytest.raises(LenetExportError, match="load generator failed"):
-        _generate("http", server.http, "no-such-model", 1, 1, 0.2)
+        _generate(server_python(), "http", server.http, "no-such-model", 1, 1, 0.2)
     assert_clean_error(run_cli("bench", "--serve", "--seconds", "0"), "--seconds")
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import REPO, assert_clean_error, data_dir_for, run_cli
+from conftest import REPO, assert_clean_error, data_dir_for, run_cli, serving_on
 from lenet_export import backends as registry, formats
 from lenet_export.verify import VerifyOptions, verify
 
@@ -45,8 +45,7 @@ def test_shipped_folder_is_complete(dataset):
 @pytest.mark.parametrize("dataset", list(SHIPPED))
 def test_shipped_models_pass_verify_on_the_real_test_set(dataset, request, monkeypatch):
     folder = SHIPPED[dataset]
-    if (REPO / ".venv-serve" / "bin" / "python").is_file():  # the oip backends start their servers from it
-        monkeypatch.setenv("LENET_EXPORT_SERVE_PYTHON", str(REPO / ".venv-serve" / "bin" / "python"))
+    serving_on(monkeypatch)  # the endpoint too, where .venv-serve is installed
     rep = verify(VerifyOptions(exported=folder, data_dir=str(data_dir_for(dataset, request)),
                                backends=registry.names("cpu")), log=lambda _: None)
     assert rep.passed, rep.problems

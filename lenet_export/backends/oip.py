@@ -32,11 +32,11 @@ def _server(ctx: Context, scheme: str):
     if given:
         return given.split("://", 1)[-1].rstrip("/"), None
     try:
-        server_python()
-    except ServerUnavailable as e:
+        python = server_python()
+    except ServerUnavailable as e:  # nothing to start it with: skipped; one that does not come up fails
         raise Skip(str(e)) from None
     log = Path(tempfile.mkstemp(prefix=f"lenet-export-serve-{scheme}-", suffix=".log")[1])
-    server = start_server(ctx.exported, log)
+    server = start_server(ctx.exported, log, python=python)
     return (server.http if scheme == "http" else server.grpc), server
 
 
