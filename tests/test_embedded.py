@@ -254,3 +254,53 @@ def test_mnn_model_bytes_do_not_depend_on_the_run(fmnist, fmnist_dir, tmp_path):
     assert written[0] == written[1]
     assert MNN.get_model_uuid(str(tmp_path / "a" / "model.mnn")).encode() in written[0]
     assert read_mnn_metadata(tmp_path / "a" / "model.mnn")["classes"] == meta["classes"]
+
+
+_TORCHSCRIPT_WRITER = """
+import sys, torch
+from pathlib import Path
+from lenet_export.checkpoint import load_checkpoint, model_from_checkpoint
+from lenet_export.formats import Target, registry
+ckpt_path, out = sys.argv[1], Path(sys.argv[2])
+ckpt = load_checkpoint(ckpt_path)
+c, h, w = ckpt["input_shape"]
+registry()["torchscript"].write(Target(out, model_from_checkpoint(ckpt), None, torch.zeros(2, c, h, w), None, {}))
+"""
+
+
+def test_torchscript_bytes_do_not_depend_on_the_hash_seed(fmnist, tmp_path):
+    """model.pt written by two processes with different PYTHONHASHSEED (TorchScript orders each module's Final
+    constants by string hash, and stamps a random serialization_id): the same bytes, and torch loads them to
+    the checkpoint's logits."""
+    import os
+
+    written = []
+    for seed in ("1", "2"):
+        out = tmp_path / seed
+        out.mkdir()
+        subprocess.run([sys.executable, "-c", _TORCHSCRIPT_WRITER, str(fmnist[1]), str(out)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed})
+        written.append((out / "model.pt").read_bytes())
+    assert written[0] == written[1]
+    x = torch.randn(4, *fmnist[2]["input_shape"])
+    loaded = torch.jit.load(io.BytesIO(written[0]))
+    assert torch.equal(loaded(x), model_from_checkpoint(fmnist[2])(x))
+
+
+def test_torchscript_canonical_archive_changes_only_what_varies(fmnist):
+    """Without the canonical rewrite, two hash seeds give different archives (so the test above can fail); the
+    rewrite keeps every record's name and order and leaves tensor data untouched."""
+    import zipfile
+
+    from lenet_export.formats.torchscript import canonical_archive
+
+    scripted = torch.jit.script(model_from_checkpoint(fmnist[2]))
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    plain = buf.getvalue()
+    fixed = canonical_archive(plain)
+    a, b = zipfile.ZipFile(io.BytesIO(plain)), zipfile.ZipFile(io.BytesIO(fixed))
+    assert a.namelist() == b.namelist()
+    assert all(a.read(n) == b.read(n) for n in a.namelist() if "/data/" in n)
+    assert a.read("archive/.data/serialization_id") != b.read("archive/.data/serialization_id")
+    assert canonical_archive(fixed) == fixed
