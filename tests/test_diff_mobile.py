@@ -67,3 +67,42 @@ def test_int8_tflite_diverges_where_it_quantises(fmnist_dir, tmp_path):
     d, _ = _diff(q, "litert-cpu-int8", fmnist_dir, tmp_path, ok=(1,))
     assert d["first_divergent_layer"] == "input"  # the int8 input tensor
     assert len(d["layers"]) >= 8 and all(layer["sqnr_db"] > 10 for layer in d["layers"]), d["layers"]
+
+
+def _executorch():
+    pytest.importorskip("executorch", reason="executorch is not installed (pip install 'lenet-export[executorch]')")
+
+
+def test_executorch_layers_come_from_etdump_and_the_output_from_the_artefact(fmnist_dir, tmp_path):
+    """The shipped model.pte: every module of the network has a row (ETDump of the non-delegated twin, mapped by
+    ETRecord), all within tolerance, the last one read from model.pte itself, and the output says so."""
+    _executorch()
+    d, stdout = _diff(SHIPPED, "executorch-cpu", fmnist_dir, tmp_path, ok=(0,))
+    rows = {layer["layer"]: layer["tensor"] for layer in d["layers"]}
+    assert [r for r in rows if r.startswith("features.")] == [f"features.{i}" for i in range(8)], rows
+    assert rows["classifier.3"] == "model.pte:output" and rows["features.4"] == "twin:features.4"
+    assert d["first_divergent_layer"] is None and all(layer["max_abs"] < 1e-4 for layer in d["layers"])
+    assert "without the delegate" in " ".join(stdout.split())
+
+
+def test_a_perturbed_pte_diverges_at_its_output_only(fmnist_dir, tmp_path):
+    """A model.pte written by the real writer from a model whose second convolution moved: the twin's rows (the
+    checkpoint's model on ExecuTorch's kernels) stay within tolerance and the artefact's output is named."""
+    _executorch()
+    import torch
+
+    from lenet_export.checkpoint import load_checkpoint, model_from_checkpoint
+    from lenet_export.formats import Target, registry
+
+    bad = tmp_path / "bad"
+    shutil.copytree(SHIPPED, bad)
+    ckpt = load_checkpoint(SHIPPED / "best.pth")
+    model = model_from_checkpoint(ckpt).eval()
+    with torch.no_grad():
+        model.features[4].weight[3] *= 1.05
+    meta = json.loads((SHIPPED / "metadata.json").read_text())
+    registry()["executorch"].write(Target(bad, model, None, torch.zeros(2, *ckpt["input_shape"]), None, meta))
+    d, stdout = _diff(bad, "executorch-cpu", fmnist_dir, tmp_path, ok=(1,))
+    assert d["first_divergent_layer"] == "classifier.3", d["layers"]
+    assert all(layer["within_tolerance"] for layer in d["layers"][:-1])
+    assert "executorch-cpu first diverges at classifier.3" in stdout

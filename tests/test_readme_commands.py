@@ -144,14 +144,12 @@ def _needs_for(command: str) -> None:
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize("command", _commands("run"))
+@pytest.mark.parametrize("command", _commands("run"), ids=lambda c: c.split(" --")[0][:40])
 def test_readme_command_runs(command, checkout, monkeypatch):
     _needs_for(command)
     serving_on(monkeypatch)
     r = _run(command, checkout)
-    assert r.returncode == 0, f"$ {command}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    if "verify" in command:
-        assert "passed" in r.stdout.lower(), r.stdout[-3000:]
+    assert r.returncode == 0, f"$ {command}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"  # verify and bench exit 1 on a failure
 
 
 @pytest.mark.slow
@@ -165,7 +163,7 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"the server exited with {proc.returncode}: {proc.stdout.read()[-3000:]}")
+            pytest.fail(f"the server exited with {proc.returncode}: {proc.log.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -183,10 +181,13 @@ def _ports_free(*ports: int) -> None:
 
 
 def _serving(command: str, cwd: Path) -> subprocess.Popen:
+    """The command in its own session, its output in a file (a pipe nobody reads would block its log writes)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.Popen(["bash", "-c", f"exec {command}" if command.startswith(".") else command], cwd=cwd,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    log = open(cwd / "server.log", "w")
+    proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
+    proc.log = cwd / "server.log"
+    return proc
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -209,7 +210,7 @@ def test_readme_serve_commands_run(checkout):
         _wait_for("http://127.0.0.1:8080/v2/health/ready", server)
         (command,) = _commands("with the server")
         r = _run(command, checkout)
-        assert r.returncode == 0 and "passed" in r.stdout.lower(), f"$ {command}\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+        assert r.returncode == 0, f"$ {command}\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
     finally:
         _stop(server)
 

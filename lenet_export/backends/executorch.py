@@ -12,7 +12,7 @@ import numpy as np
 
 from ..formats.executorch import DELEGATE, INSTALL, load_pte
 from ..native import captured_stderr
-from .base import Backend, Context, Runner, cpu_name
+from .base import Backend, Context, Probe, Runner, cpu_name
 
 
 def _open(artefact: str):
@@ -44,6 +44,74 @@ def _runner(ctx: Context, artefact: str) -> Runner:
     return Runner(run, info, batch_range=(lo, int(planned)))
 
 
-BACKENDS = (Backend("executorch-cpu", "model.pte", "executorch", INSTALL, _open("model.pte")),
+def _twin(ctx: Context, folder):
+    """The checkpoint's model as a program without the XNNPACK partitioner (ExecuTorch's portable kernels, one
+    op per layer), its ETRecord beside it: what ETDump can log intermediate outputs of, mapped to modules."""
+    from ..checkpoint import model_from_checkpoint
+    from ..formats.executorch import _export
+    from ..native import executorch_imports
+
+    with executorch_imports():
+        from executorch.exir import to_edge
+
+    model = model_from_checkpoint(ctx.checkpoint).eval()
+    program = to_edge(_export(model, (1, *ctx.checkpoint["input_shape"])), generate_etrecord=True).to_executorch()
+    (folder / "twin.pte").write_bytes(program.buffer)
+    program.get_etrecord().save(str(folder / "twin.etrecord"))
+
+
+def _logged(folder, x) -> dict[str, np.ndarray]:
+    """One run of the twin with ETDump: {module path: the output of the last op ETRecord maps to it}."""
+    import torch
+    from executorch.devtools import Inspector
+    from executorch.runtime import Runtime
+
+    with captured_stderr():
+        program = Runtime.get().load_program(folder / "twin.pte", enable_etdump=True,
+                                             debug_buffer_size=400 * x.nbytes + (1 << 24))  # every intermediate output
+        program.load_method("forward").execute([torch.from_numpy(x)])
+        program.write_etdump_result_to_file(str(folder / "run.etdp"), str(folder / "run.bin"))
+        inspector = Inspector(etdump_path=str(folder / "run.etdp"), etrecord=str(folder / "twin.etrecord"),
+                              debug_buffer_path=str(folder / "run.bin"))
+    out = {}
+    for event in inspector.event_blocks[-1].events:
+        stack = next(iter((event.module_hierarchy or {}).values()), None)
+        if stack and event.debug_data:
+            out[list(stack.values())[-1][0]] = event.debug_data[0].numpy().copy()
+    return out
+
+
+def _probe(artefact: str):
+    def open_(ctx: Context) -> Probe:
+        import tempfile
+        from pathlib import Path
+
+        from ..checkpoint import model_from_checkpoint
+        from .torch_eager import leaves
+
+        last = leaves(model_from_checkpoint(ctx.checkpoint))[-1]  # the logits: compared with the artefact's own
+        scratch = tempfile.TemporaryDirectory(prefix="lenet-export-etdump-")  # removed with the probe
+        folder = Path(scratch.name)
+        _twin(ctx, folder)
+        runner = _runner(ctx, artefact)
+        c, h, w = ctx.checkpoint["input_shape"]
+        mapped = [m for m in _logged(folder, np.zeros((1, c, h, w), np.float32)) if m != last]
+
+        def run(xf: np.ndarray, xu: np.ndarray, _keep=scratch) -> dict[str, np.ndarray]:
+            values = _logged(folder, xf)
+            return {**{f"twin:{m}": values[m] for m in mapped}, f"{artefact}:output": runner.run(xf)[0]}
+
+        points = {**{m: f"twin:{m}" for m in mapped}, last: f"{artefact}:output"}
+        return Probe(artefact, points, run, f"executorch {runner.runtime['executorch']}",
+                     notes=[f"{artefact} is lowered to XNNPACK: the delegated graph is one call, with no "
+                            "intermediate values to log. The rows before the output are the same model without "
+                            "the delegate (ExecuTorch's portable kernels, intermediate outputs from ETDump, mapped "
+                            f"to modules through ETRecord); the output row is {artefact} itself. A divergence "
+                            "only at the output is inside the delegated program."])
+    return open_
+
+
+BACKENDS = (Backend("executorch-cpu", "model.pte", "executorch", INSTALL, _open("model.pte"),
+                    probe=_probe("model.pte")),
             Backend("executorch-cpu-int8", "model.int8.pte", "executorch", INSTALL, _open("model.int8.pte"),
                     precision="int8"))
