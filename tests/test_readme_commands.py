@@ -39,7 +39,7 @@ HOW = {
     "lenet-export data --dataset cifar10 --data-dir ../shared/datasets": "run",
     f"lenet-export verify --exported {SHIPPED} --replay {SHIPPED}/verify.json": "run",
     f"lenet-export verify --exported {SHIPPED} --images my-photos --fit letterbox --invert": "run",
-    f"lenet-export bench --exported {SHIPPED} --images my-photos": "run",
+    f"lenet-export bench --exported {SHIPPED} --images my-photos": "slow",  # a benchmark: 2 min of timing loops
     ".venv/bin/lenet-export verify --backends ort-cpu,oip-http,oip-grpc": "run",
     f".venv-serve/bin/lenet-export serve --exported {SHIPPED}": "server",
     ".venv/bin/lenet-export verify --backends oip-http,oip-grpc --endpoint http://127.0.0.1:8080 "
