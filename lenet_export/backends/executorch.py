@@ -48,14 +48,14 @@ def _twin(ctx: Context, folder):
     """The checkpoint's model as a program without the XNNPACK partitioner (ExecuTorch's portable kernels, one
     op per layer), its ETRecord beside it: what ETDump can log intermediate outputs of, mapped to modules."""
     from ..checkpoint import model_from_checkpoint
-    from ..formats.executorch import _export
+    from ..formats.executorch import export_program
     from ..native import executorch_imports
 
     with executorch_imports():
         from executorch.exir import to_edge
 
     model = model_from_checkpoint(ctx.checkpoint).eval()
-    program = to_edge(_export(model, (1, *ctx.checkpoint["input_shape"])), generate_etrecord=True).to_executorch()
+    program = to_edge(export_program(model, (1, *ctx.checkpoint["input_shape"])), generate_etrecord=True).to_executorch()
     (folder / "twin.pte").write_bytes(program.buffer)
     program.get_etrecord().save(str(folder / "twin.etrecord"))
 

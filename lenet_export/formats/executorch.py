@@ -49,7 +49,7 @@ def read_pte_metadata(path: Path) -> dict:
     return load_pte(path)[1]
 
 
-def _export(model, sample_shape):
+def export_program(model, sample_shape):
     """``torch.export`` with the dynamic batch of ``BATCH_RANGE`` (an example batch of ``EXAMPLE_BATCH``)."""
     import torch
 
@@ -84,7 +84,7 @@ def _lower(program, metadata: dict, info: dict, path: Path) -> dict:
 
 
 def _write(t: Target) -> dict:
-    return {"model.pte": _lower(_export(t.model, t.sample.shape), t.metadata, {}, t.folder / "model.pte")}
+    return {"model.pte": _lower(export_program(t.model, t.sample.shape), t.metadata, {}, t.folder / "model.pte")}
 
 
 def _int8(t: Target) -> dict:
@@ -102,7 +102,7 @@ def _int8(t: Target) -> dict:
                                                                              get_symmetric_quantization_config)
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(_export(t.model.eval(), t.sample.shape).module(), quantizer)
+    prepared = prepare_pt2e(export_program(t.model.eval(), t.sample.shape).module(), quantizer)
     with torch.no_grad():
         for batch in calibration_batches(t.calibration.images):
             prepared(torch.from_numpy(batch))
@@ -110,7 +110,7 @@ def _int8(t: Target) -> dict:
     meta = {**t.metadata, "precision": "int8",
             "calibration": {**t.calibration.description, "tool": "XNNPACKQuantizer (PT2E)"}}
     info = {"quantizer": "XNNPACKQuantizer symmetric per-channel (PT2E)"}
-    return {"model.int8.pte": _lower(_export(converted, t.sample.shape), meta, info, t.folder / "model.int8.pte")}
+    return {"model.int8.pte": _lower(export_program(converted, t.sample.shape), meta, info, t.folder / "model.int8.pte")}
 
 
 # The copy is read only when executorch-cpu runs: ExecuTorch's Python runtime imports its whole compiler (7 s).
