@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import calibration_subset
 from .errors import ConfigError
 from .formats import QUANTIZE, Calibration, Format, Target, registry
 from .formats.base import CALIBRATION_SPLIT
@@ -43,30 +44,14 @@ class QuantizeOptions:
 
 def calibration_images(ckpt: dict, opts: QuantizeOptions) -> tuple[np.ndarray, tuple | None, dict]:
     """Normalised calibration batch, the validation part (images, labels) and the description for the metadata."""
-    import torch
-
-    from .data import load_split, normalize, train_val_indices
-
     if not 0 <= opts.max_drop <= 100:
         raise ConfigError(f"--max-drop must be from 0 to 100 accuracy points, got {opts.max_drop}")
     if opts.calibration_size <= 0:
         raise ConfigError(f"--calibration-size must be positive, got {opts.calibration_size}")
     if not 0 <= opts.seed < 2**63:  # torch.Generator.manual_seed overflows beyond a signed 64-bit integer
         raise ConfigError(f"--seed must be an integer from 0 to 2**63-1, got {opts.seed}")
-    split = load_split(ckpt["dataset"], train=opts.calibration_split != "test", data_dir=opts.data_dir)
-    if opts.calibration_split == "test":
-        pool = torch.arange(len(split))
-    else:  # the training part of the checkpoint's own train/validation split
-        pool, _ = train_val_indices(len(split), ckpt["split"]["val_fraction"], ckpt["split"]["seed"])
-    g = torch.Generator().manual_seed(opts.seed)
-    idx = pool[torch.randperm(len(pool), generator=g)[:opts.calibration_size]]
-    x = normalize(split.images[idx], ckpt["mean"], ckpt["std"]).numpy()
-    if opts.calibration_split != "test":
-        _, val = train_val_indices(len(split), ckpt["split"]["val_fraction"], ckpt["split"]["seed"])
-        validation = (normalize(split.images[val], ckpt["mean"], ckpt["std"]).numpy(), split.labels[val].numpy())
-    else:
-        validation = None
-    return x, validation, {"split": opts.calibration_split, "size": int(len(idx)), "seed": opts.seed,
+    x, validation = calibration_subset(ckpt, opts.calibration_size, opts.seed, opts.calibration_split, opts.data_dir)
+    return x, validation, {"split": opts.calibration_split, "size": int(len(x)), "seed": opts.seed,
                "rule": "seeded random subset of the training split minus the checkpoint's validation split",
                "method": "MinMax", "format": "QDQ", "per_channel": opts.per_channel,
                "activations": "QInt8", "weights": "QInt8"}

@@ -106,3 +106,17 @@ def test_a_perturbed_pte_diverges_at_its_output_only(fmnist_dir, tmp_path):
     assert d["first_divergent_layer"] == "classifier.3", d["layers"]
     assert all(layer["within_tolerance"] for layer in d["layers"][:-1])
     assert "executorch-cpu first diverges at classifier.3" in stdout
+
+
+def test_executorch_int8_is_compared_layer_by_layer(fmnist_dir, tmp_path):
+    """The shipped model.int8.pte: its twin is the checkpoint quantised again on the recorded calibration images;
+    every module has a row, a real comparison (finite SQNR well above noise), diverging from FP32 where it
+    quantises, and the output says how the twin was made."""
+    _executorch()
+    d, stdout = _diff(SHIPPED, "executorch-cpu-int8", fmnist_dir, tmp_path, ok=(1,))
+    rows = {layer["layer"]: layer for layer in d["layers"]}
+    assert rows["features.1"]["modules"] == ["features.0", "features.1"]  # batch norm folded into the conv by PT2E
+    assert rows["classifier.3"]["tensor"] == "model.int8.pte:output"
+    assert d["first_divergent_layer"] == "features.1"  # where it first quantises
+    assert all(20 < layer["sqnr_db"] < 80 for layer in d["layers"]), d["layers"]
+    assert "quantised again" in " ".join(stdout.split())

@@ -44,20 +44,35 @@ def _runner(ctx: Context, artefact: str) -> Runner:
     return Runner(run, info, batch_range=(lo, int(planned)))
 
 
-def _twin(ctx: Context, folder):
-    """The checkpoint's model as a program without the XNNPACK partitioner (ExecuTorch's portable kernels, one
-    op per layer), its ETRecord beside it: what ETDump can log intermediate outputs of, mapped to modules."""
+def _twin(ctx: Context, folder, artefact: str) -> str | None:
+    """The artefact's model as a program without the XNNPACK partitioner (ExecuTorch's portable kernels, one
+    op per layer), its ETRecord beside it: what ETDump can log intermediate outputs of, mapped to modules. For
+    the INT8 program: the checkpoint quantised again by the writer's own function, on the calibration images
+    its metadata records (same split, size and seed)."""
     from ..checkpoint import model_from_checkpoint
-    from ..formats.executorch import export_program
+    from ..formats import owner
+    from ..formats.executorch import export_program, load_pte, pt2e_int8
     from ..native import executorch_imports
 
     with executorch_imports():
+        import executorch.kernels.quantized  # noqa: F401  (the out variants of quantize/dequantize)
         from executorch.exir import to_edge
 
     model = model_from_checkpoint(ctx.checkpoint).eval()
-    program = to_edge(export_program(model, (1, *ctx.checkpoint["input_shape"])), generate_etrecord=True).to_executorch()
+    shape = (1, *ctx.checkpoint["input_shape"])
+    cal = None
+    if owner(artefact).precision == "int8":  # (an FP32 program written after quantize may carry the ORT one's)
+        cal = load_pte(ctx.artefact(artefact))[1]["calibration"]
+        from ..calibration import calibration_subset
+
+        model = pt2e_int8(model, shape, calibration_subset(ctx.checkpoint, cal["size"], cal["seed"], cal["split"])[0])
+        requantised = (f"The twin of {artefact} is the checkpoint quantised again by the writer's own function "
+                       f"(XNNPACKQuantizer, PT2E) on the calibration images its metadata records ({cal['size']} "
+                       f"from the {cal['split']} split, seed {cal['seed']}).")
+    program = to_edge(export_program(model, shape), generate_etrecord=True).to_executorch()
     (folder / "twin.pte").write_bytes(program.buffer)
     program.get_etrecord().save(str(folder / "twin.etrecord"))
+    return requantised if cal is not None else None
 
 
 def _logged(folder, x) -> dict[str, np.ndarray]:
@@ -76,8 +91,9 @@ def _logged(folder, x) -> dict[str, np.ndarray]:
     out = {}
     for event in inspector.event_blocks[-1].events:
         stack = next(iter((event.module_hierarchy or {}).values()), None)
-        if stack and event.debug_data:
-            out[list(stack.values())[-1][0]] = event.debug_data[0].numpy().copy()
+        module = list(stack.values())[-1][0] if stack else ""  # "" : the model itself (the input's quantize)
+        if module and event.debug_data and event.debug_data[0].is_floating_point():  # INT8: the dequantised value
+            out[module] = event.debug_data[0].numpy().copy()
     return out
 
 
@@ -92,7 +108,7 @@ def _probe(artefact: str):
         last = leaves(model_from_checkpoint(ctx.checkpoint))[-1]  # the logits: compared with the artefact's own
         scratch = tempfile.TemporaryDirectory(prefix="lenet-export-etdump-")  # removed with the probe
         folder = Path(scratch.name)
-        _twin(ctx, folder)
+        requantised = _twin(ctx, folder, artefact)
         runner = _runner(ctx, artefact)
         c, h, w = ctx.checkpoint["input_shape"]
         mapped = [m for m in _logged(folder, np.zeros((1, c, h, w), np.float32)) if m != last]
@@ -107,11 +123,11 @@ def _probe(artefact: str):
                             "intermediate values to log. The rows before the output are the same model without "
                             "the delegate (ExecuTorch's portable kernels, intermediate outputs from ETDump, mapped "
                             f"to modules through ETRecord); the output row is {artefact} itself. A divergence "
-                            "only at the output is inside the delegated program."])
+                            "only at the output is inside the delegated program.", *filter(None, [requantised])])
     return open_
 
 
 BACKENDS = (Backend("executorch-cpu", "model.pte", "executorch", INSTALL, _open("model.pte"),
                     probe=_probe("model.pte")),
             Backend("executorch-cpu-int8", "model.int8.pte", "executorch", INSTALL, _open("model.int8.pte"),
-                    precision="int8"))
+                    precision="int8", probe=_probe("model.int8.pte")))

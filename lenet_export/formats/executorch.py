@@ -87,10 +87,10 @@ def _write(t: Target) -> dict:
     return {"model.pte": _lower(export_program(t.model, t.sample.shape), t.metadata, {}, t.folder / "model.pte")}
 
 
-def _int8(t: Target) -> dict:
+def pt2e_int8(model, sample_shape, images):
     """PT2E INT8 with ExecuTorch's XNNPACKQuantizer (symmetric, per-channel weights): the exported graph is
-    prepared (observers), calibrated on the training images, converted (quantize/dequantize pairs), exported
-    again and lowered to XNNPACK, which fuses the pairs into its INT8 kernels. Input and output stay float."""
+    prepared (observers), calibrated on ``images`` (normalised float32 batches), converted (quantize/dequantize
+    pairs). The writer lowers it to XNNPACK; ``diff`` runs it without the delegate."""
     import torch
 
     from ..native import executorch_imports
@@ -102,11 +102,17 @@ def _int8(t: Target) -> dict:
                                                                              get_symmetric_quantization_config)
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(export_program(t.model.eval(), t.sample.shape).module(), quantizer)
+    prepared = prepare_pt2e(export_program(model.eval(), sample_shape).module(), quantizer)
     with torch.no_grad():
-        for batch in calibration_batches(t.calibration.images):
+        for batch in calibration_batches(images):
             prepared(torch.from_numpy(batch))
-    converted = convert_pt2e(prepared)
+    return convert_pt2e(prepared)
+
+
+def _int8(t: Target) -> dict:
+    """``pt2e_int8`` on the calibration images, exported again and lowered to XNNPACK, which fuses the
+    quantize/dequantize pairs into its INT8 kernels. Input and output stay float."""
+    converted = pt2e_int8(t.model, t.sample.shape, t.calibration.images)
     meta = {**t.metadata, "precision": "int8",
             "calibration": {**t.calibration.description, "tool": "XNNPACKQuantizer (PT2E)"}}
     info = {"quantizer": "XNNPACKQuantizer symmetric per-channel (PT2E)"}
