@@ -19,14 +19,11 @@ def calibration_subset(ckpt: dict, size: int, seed: int, split: str = CALIBRATIO
     from .data import load_split, normalize, train_val_indices
 
     data = load_split(ckpt["dataset"], train=split != "test", data_dir=data_dir)
-    if split == "test":
-        pool = torch.arange(len(data))
-    else:
-        pool, _ = train_val_indices(len(data), ckpt["split"]["val_fraction"], ckpt["split"]["seed"])
+    train, val = train_val_indices(len(data), ckpt["split"]["val_fraction"], ckpt["split"]["seed"])
+    pool = torch.arange(len(data)) if split == "test" else train  # (test: no validation part either)
     g = torch.Generator().manual_seed(seed)
     idx = pool[torch.randperm(len(pool), generator=g)[:size]]
     x = normalize(data.images[idx], ckpt["mean"], ckpt["std"]).numpy()
     if split == "test":
         return x, None
-    _, val = train_val_indices(len(data), ckpt["split"]["val_fraction"], ckpt["split"]["seed"])
     return x, (normalize(data.images[val], ckpt["mean"], ckpt["std"]).numpy(), data.labels[val].numpy())

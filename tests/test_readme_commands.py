@@ -117,17 +117,20 @@ def checkout(tmp_path):
     (root / ".venv").symlink_to(Path(sys.prefix))
     if (REPO.parent / "shared").is_dir():
         (tmp_path / "shared").symlink_to(REPO.parent / "shared")
-    for png in sorted((REPO / "examples" / "images").glob("fashion-mnist-*.png")):
-        label = {"ankle-boot": "Ankle boot", "t-shirt-top": "T-shirt_top"}.get(png.stem.split("-", 3)[-1],
-                                                                          png.stem.split("-", 3)[-1].capitalize())
+    for png in sorted((REPO / "examples" / "images").glob("fashion-mnist-*.png")):  # ...-test0-ankle-boot.png
+        label = png.stem.split("-", 3)[-1].replace("-", " ").capitalize()  # the class: Ankle boot
         (root / "my-photos" / label).mkdir(parents=True, exist_ok=True)
         shutil.copy(png, root / "my-photos" / label / png.name)
     return root
 
 
+def _env() -> dict:
+    """This environment's ``lenet-export`` first on PATH, as after activating the README's .venv."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
 def _run(command: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def _commands(kind: str) -> list[str]:
@@ -182,9 +185,8 @@ def _ports_free(*ports: int) -> None:
 
 def _serving(command: str, cwd: Path) -> subprocess.Popen:
     """The command in its own session, its output in a file (a pipe nobody reads would block its log writes)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     log = open(cwd / "server.log", "w")
-    proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=_env(), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     proc.log = cwd / "server.log"
     return proc

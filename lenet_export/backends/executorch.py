@@ -45,10 +45,10 @@ def _runner(ctx: Context, artefact: str) -> Runner:
 
 
 def _twin(ctx: Context, folder, artefact: str) -> str | None:
-    """The artefact's model as a program without the XNNPACK partitioner (ExecuTorch's portable kernels, one
+    """Write the artefact's model as a program without the XNNPACK partitioner (ExecuTorch's portable kernels, one
     op per layer), its ETRecord beside it: what ETDump can log intermediate outputs of, mapped to modules. For
     the INT8 program: the checkpoint quantised again by the writer's own function, on the calibration images
-    its metadata records (same split, size and seed)."""
+    its metadata records (same split, size and seed). Returns what to tell the user about how it was made."""
     from ..checkpoint import model_from_checkpoint
     from ..formats import owner
     from ..formats.executorch import export_program, load_pte, pt2e_int8
@@ -60,19 +60,19 @@ def _twin(ctx: Context, folder, artefact: str) -> str | None:
 
     model = model_from_checkpoint(ctx.checkpoint).eval()
     shape = (1, *ctx.checkpoint["input_shape"])
-    cal = None
+    note = None
     if owner(artefact).precision == "int8":  # (an FP32 program written after quantize may carry the ORT one's)
-        cal = load_pte(ctx.artefact(artefact))[1]["calibration"]
         from ..calibration import calibration_subset
 
+        cal = load_pte(ctx.artefact(artefact))[1]["calibration"]
         model = pt2e_int8(model, shape, calibration_subset(ctx.checkpoint, cal["size"], cal["seed"], cal["split"])[0])
-        requantised = (f"The twin of {artefact} is the checkpoint quantised again by the writer's own function "
-                       f"(XNNPACKQuantizer, PT2E) on the calibration images its metadata records ({cal['size']} "
-                       f"from the {cal['split']} split, seed {cal['seed']}).")
+        note = (f"The twin of {artefact} is the checkpoint quantised again by the writer's own function "
+                f"(XNNPACKQuantizer, PT2E) on the calibration images its metadata records ({cal['size']} "
+                f"from the {cal['split']} split, seed {cal['seed']}).")
     program = to_edge(export_program(model, shape), generate_etrecord=True).to_executorch()
     (folder / "twin.pte").write_bytes(program.buffer)
     program.get_etrecord().save(str(folder / "twin.etrecord"))
-    return requantised if cal is not None else None
+    return note
 
 
 def _logged(folder, x) -> dict[str, np.ndarray]:
@@ -108,7 +108,7 @@ def _probe(artefact: str):
         last = leaves(model_from_checkpoint(ctx.checkpoint))[-1]  # the logits: compared with the artefact's own
         scratch = tempfile.TemporaryDirectory(prefix="lenet-export-etdump-")  # removed with the probe
         folder = Path(scratch.name)
-        requantised = _twin(ctx, folder, artefact)
+        made = _twin(ctx, folder, artefact)
         runner = _runner(ctx, artefact)
         c, h, w = ctx.checkpoint["input_shape"]
         mapped = [m for m in _logged(folder, np.zeros((1, c, h, w), np.float32)) if m != last]
@@ -123,7 +123,7 @@ def _probe(artefact: str):
                             "intermediate values to log. The rows before the output are the same model without "
                             "the delegate (ExecuTorch's portable kernels, intermediate outputs from ETDump, mapped "
                             f"to modules through ETRecord); the output row is {artefact} itself. A divergence "
-                            "only at the output is inside the delegated program.", *filter(None, [requantised])])
+                            "only at the output is inside the delegated program.", *filter(None, [made])])
     return open_
 
 

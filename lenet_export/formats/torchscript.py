@@ -28,7 +28,7 @@ def read_torchscript_metadata(path: Path) -> dict:
 
 _FINAL = re.compile(rb"^  \w+ : Final\[.*\] = .*$")
 _ID = "archive/.data/serialization_id"
-_ALIGN = 64  # torch aligns each record's data to 64 bytes (an "FB" extra field of padding); kept so
+_ALIGN = 64  # torch aligns each record's data to 64 bytes (padding in an "FB" extra field): the copy does too
 
 
 def _sorted_finals(code: bytes) -> bytes:
