@@ -62,13 +62,17 @@ def _twin(ctx: Context, folder, artefact: str) -> str | None:
     shape = (1, *ctx.checkpoint["input_shape"])
     note = None
     if owner(artefact).precision == "int8":  # (an FP32 program written after quantize may carry the ORT one's)
+        from ..accuracy_control import kept_in_float
         from ..calibration import calibration_subset
 
-        cal = load_pte(ctx.artefact(artefact))[1]["calibration"]
-        model = pt2e_int8(model, shape, calibration_subset(ctx.checkpoint, cal["size"], cal["seed"], cal["split"])[0])
+        meta = load_pte(ctx.artefact(artefact))[1]
+        cal, kept = meta["calibration"], kept_in_float(meta)
+        model = pt2e_int8(model, shape, calibration_subset(ctx.checkpoint, cal["size"], cal["seed"], cal["split"])[0],
+                          kept)
         note = (f"The twin of {artefact} is the checkpoint quantised again by the writer's own function "
                 f"(XNNPACKQuantizer, PT2E) on the calibration images its metadata records ({cal['size']} "
-                f"from the {cal['split']} split, seed {cal['seed']}).")
+                f"from the {cal['split']} split, seed {cal['seed']})"
+                + (f", with {', '.join(kept)} kept in float as accuracy control did)." if kept else ")."))
     program = to_edge(export_program(model, shape), generate_etrecord=True).to_executorch()
     (folder / "twin.pte").write_bytes(program.buffer)
     program.get_etrecord().save(str(folder / "twin.etrecord"))

@@ -10,24 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..formats.litert import module_path, quantize_input, quantizer_of
 from ..machine import available_threads
 from ..native import captured_stderr
 from .base import Backend, Context, Probe, Runner, cpu_name
 
 INSTALL = "pip install ai-edge-litert (the runtime alone), or 'lenet-export[litert]' to export model.tflite too"
-
-
-def quantizer_of(detail: dict):
-    """For an int8 tensor (a fully quantised model's input or output): (scale, zero point); else None."""
-    if detail["dtype"] != np.int8:
-        return None
-    scale, zero = detail["quantization"]
-    return float(scale), int(zero)
-
-
-def quantize_input(x: np.ndarray, q: tuple[float, int]) -> np.ndarray:
-    """Normalised float input as a fully quantised model's int8 input tensor takes it: (scale, zero point)."""
-    return np.clip(np.round(x / q[0]) + q[1], -128, 127).astype(np.int8)
 
 
 def _open(artefact: str):
@@ -64,15 +52,6 @@ def _open(artefact: str):
                          f"zero point {q_out[1]}" if q_in and q_out else "int8"
         return Runner(run, info, batch_range=(batch, batch))
     return open_
-
-
-def module_path(name: str) -> str | None:
-    """The torch module a litert-torch tensor name records: ``.../Sequential_features/...ReLU_2`` -> features.2
-    (each segment is ``<qualified class>_<attribute>``); None for a name without a module stack."""
-    parts = name.split("/")[1:]  # the first segment is the root model's class
-    if not parts:
-        return None
-    return ".".join(p.rsplit(".", 1)[-1].split("_", 1)[1] for p in parts if "_" in p.rsplit(".", 1)[-1]) or None
 
 
 def _points(details: list[dict], shapes: dict[str, tuple], order: list[str], graph_in: int, graph_out: int):

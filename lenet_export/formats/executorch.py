@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from .base import QUANTIZE, Format, MetadataCopy, Target
 
 INSTALL = "pip install 'lenet-export[executorch]'"
@@ -58,19 +60,27 @@ def export_program(model, sample_shape):
     return torch.export.export(model, (sample,), dynamic_shapes=({0: batch},))
 
 
+def _edge(program, constant_methods: dict | None = None):
+    """``program`` lowered to XNNPACK (ExecuTorch's edge program manager)."""
+    from ..native import executorch_imports
+
+    with executorch_imports():
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+    return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods=constant_methods)
+
+
 def _lower(program, metadata: dict, info: dict, path: Path) -> dict:
     """Lower an exported program to XNNPACK and write it with ``metadata`` as its constant method."""
     from ..native import executorch_imports
 
     with executorch_imports():
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.devtools.backend_debug import get_delegation_info
-        from executorch.exir import to_edge_transform_and_lower
         from executorch.version import __version__
 
     info = {"batch_range": list(BATCH_RANGE), "delegate": DELEGATE, "executorch": __version__, **info}
-    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
-                                       constant_methods={PTE_METADATA_METHOD: json.dumps({**metadata, **info})})
+    edge = _edge(program, {PTE_METADATA_METHOD: json.dumps({**metadata, **info})})
     # What XNNPACK does not take runs in ExecuTorch's portable kernels: here the flatten between the
     # convolutions and the linear layers (a view over the dynamic batch). Recorded, so the split is visible.
     ops = get_delegation_info(edge.exported_program().graph_module).get_operator_delegation_dataframe()
@@ -87,10 +97,13 @@ def _write(t: Target) -> dict:
     return {"model.pte": _lower(export_program(t.model, t.sample.shape), t.metadata, {}, t.folder / "model.pte")}
 
 
-def pt2e_int8(model, sample_shape, images):
+def pt2e_int8(model, sample_shape, images, keep_in_float: list[str] | tuple[str, ...] = ()):
     """PT2E INT8 with ExecuTorch's XNNPACKQuantizer (symmetric, per-channel weights): the exported graph is
     prepared (observers), calibrated on ``images`` (normalised float32 batches), converted (quantize/dequantize
-    pairs). The writer lowers it to XNNPACK; ``diff`` runs it without the delegate."""
+    pairs). The writer lowers it to XNNPACK; ``diff`` runs it without the delegate.
+
+    ``keep_in_float``: torch modules (``features.0``) left unquantised, by the quantizer's own filter function:
+    a pattern (conv + batch norm + ReLU) is annotated only when none of its nodes comes from such a module."""
     import torch
 
     from ..native import executorch_imports
@@ -102,6 +115,10 @@ def pt2e_int8(model, sample_shape, images):
                                                                              get_symmetric_quantization_config)
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    if keep_in_float:
+        kept = set(keep_in_float)
+        quantizer.set_filter_function(
+            lambda node: not any(path in kept for path, _ in (node.meta.get("nn_module_stack") or {}).values()))
     prepared = prepare_pt2e(export_program(model.eval(), sample_shape).module(), quantizer)
     with torch.no_grad():
         for batch in calibration_batches(images):
@@ -111,12 +128,51 @@ def pt2e_int8(model, sample_shape, images):
 
 def _int8(t: Target) -> dict:
     """``pt2e_int8`` on the calibration images, exported again and lowered to XNNPACK, which fuses the
-    quantize/dequantize pairs into its INT8 kernels. Input and output stay float."""
-    converted = pt2e_int8(t.model, t.sample.shape, t.calibration.images)
+    quantize/dequantize pairs into its INT8 kernels. Input and output stay float. Accuracy control keeps the
+    most sensitive modules in float (``lenet_export.accuracy_control``), judged on the lowered program."""
+    import torch
+
+    from ..accuracy_control import accuracy_of, keep_sensitive_in_float, quantisable_layers
+
+    shape, cal = t.sample.shape, t.calibration
+    x, y = cal.validation if cal.validation is not None else (None, None)
+
+    def make(kept: list[str]):
+        return pt2e_int8(t.model, shape, cal.images, kept)
+
+    def logits(forward) -> list:
+        with torch.no_grad():
+            return [forward(torch.from_numpy(x[i:i + BATCH_RANGE[1]])).numpy() for i in range(0, len(x), BATCH_RANGE[1])]
+
+    def accuracy(converted) -> float:
+        return accuracy_of(np.concatenate(logits(program_forward(_edge(export_program(converted, shape))))), y)
+
+    converted, control = keep_sensitive_in_float(
+        make, accuracy, quantisable_layers(t.model), lambda: accuracy_of(np.concatenate(logits(t.model.eval())), y),
+        cal, tool="XNNPACKQuantizer filter function (greedy per module)")
     meta = {**t.metadata, "precision": "int8",
-            "calibration": {**t.calibration.description, "tool": "XNNPACKQuantizer (PT2E)"}}
+            "calibration": {**cal.description, "tool": "XNNPACKQuantizer (PT2E)"}}
+    if control:
+        meta["accuracy_control"] = control
     info = {"quantizer": "XNNPACKQuantizer symmetric per-channel (PT2E)"}
-    return {"model.int8.pte": _lower(export_program(converted, t.sample.shape), meta, info, t.folder / "model.int8.pte")}
+    info = _lower(export_program(converted, shape), meta, info, t.folder / "model.int8.pte")
+    return {"model.int8.pte": {**info, "accuracy_control": control} if control else info}
+
+
+def program_forward(edge):
+    """``forward`` of a lowered program, run in memory by ExecuTorch's runtime: tensor in, tensor out."""
+    from ..native import captured_stderr, executorch_imports
+
+    with executorch_imports():
+        from executorch.runtime import Runtime
+
+    with captured_stderr():
+        program = Runtime.get().load_program(edge.to_executorch().buffer)
+        method = program.load_method("forward")
+
+    def forward(x, _program=program):  # held here: the program must outlive its method
+        return method.execute([x])[0]
+    return forward
 
 
 # The copy is read only when executorch-cpu runs: ExecuTorch's Python runtime imports its whole compiler (7 s).

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from unittest import mock
 
@@ -74,29 +75,119 @@ def _int8(t: Target) -> dict:
     int8 weights and activations with min-max ranges from the calibration images. The graph's input and output
     become int8 too, as a fully quantised phone or microcontroller model takes them: the runtime quantises the
     normalised input with the input tensor's scale and zero point and dequantises the logits with the output's
-    (``backends.litert``)."""
+    (``backends.litert``). Accuracy control keeps the most sensitive layers in float with the recipe's own
+    ``no_quantize`` entries (``lenet_export.accuracy_control``), judged on the quantised flatbuffer."""
     import ai_edge_quantizer
+
+    from ..accuracy_control import accuracy_of, keep_sensitive_in_float, quantisable_layers
+
+    source = t.input("model.tflite")
+    cal = t.calibration
+    scopes = layer_scopes(source, quantisable_layers(t.model))
+
+    def accuracy(model: bytes) -> float:
+        x, y = cal.validation
+        return accuracy_of(tflite_logits(model, x), y)
+
+    quantized, control = keep_sensitive_in_float(
+        lambda kept: _quantize(source, cal.images, [s for k in kept for s in scopes[k]]), accuracy, list(scopes),
+        lambda: accuracy(source.read_bytes()), cal, tool="ai-edge-quantizer no_quantize recipe entries (greedy per layer)")
+    version = getattr(ai_edge_quantizer, "__version__", None) or _dist_version("ai-edge-quantizer")
+    info = {"batch_range": [BATCH, BATCH], "quantizer": f"ai-edge-quantizer {version} static_wi8_ai8",
+            "io": "int8 (scale and zero point in the input and output tensors' quantization parameters)"}
+    meta = {**t.metadata, **info, "precision": "int8",
+            "calibration": {**cal.description, "tool": "ai-edge-quantizer"}}
+    if control:
+        meta["accuracy_control"] = info["accuracy_control"] = control
+    (t.folder / "model.int8.tflite").write_bytes(with_metadata(quantized, meta))
+    return {"model.int8.tflite": info}
+
+
+def _quantize(source: Path, images, float_scopes: list[str]) -> bytes:
+    """``source`` quantised by the static int8 recipe, calibrated on ``images``, with the ops whose scope is in
+    ``float_scopes`` left in float (a later recipe entry overrides an earlier one for the ops it matches)."""
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import quantizer, recipe
 
     from ..machine import available_threads
 
-    source = t.input("model.tflite")
     signature, io = next(iter(Interpreter(model_path=str(source)).get_signature_list().items()))
-    images = t.calibration.images
     qt = quantizer.Quantizer(str(source))
-    qt.load_quantization_recipe(recipe.static_wi8_ai8())
+    qt.load_quantization_recipe(recipe.static_wi8_ai8() + [
+        {"regex": f"^{re.escape(scope)}$", "operation": "*", "algorithm_key": "no_quantize"} for scope in float_scopes])
     with captured_stderr():  # calibration draws a progress bar
         ranges = qt.calibrate({signature: [{io["inputs"][0]: images[i:i + 1]} for i in range(len(images))]},
                               num_threads=available_threads())
-        quantized = qt.quantize(ranges, enable_progress_bar=False, enable_progress_report=False).quantized_model
-    version = getattr(ai_edge_quantizer, "__version__", None) or _dist_version("ai-edge-quantizer")
-    info = {"batch_range": [BATCH, BATCH], "quantizer": f"ai-edge-quantizer {version} static_wi8_ai8",
-            "io": "int8 (scale and zero point in the input and output tensors' quantization parameters)"}
-    meta = {**t.metadata, **info, "precision": "int8",
-            "calibration": {**t.calibration.description, "tool": "ai-edge-quantizer"}}
-    (t.folder / "model.int8.tflite").write_bytes(with_metadata(bytes(quantized), meta))
-    return {"model.int8.tflite": info}
+        return bytes(qt.quantize(ranges, enable_progress_bar=False, enable_progress_report=False).quantized_model)
+
+
+QUANTISABLE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def layer_scopes(path: Path, layers: list[str]) -> dict[str, list[str]]:
+    """{torch module: the scopes (what ai-edge-quantizer matches recipe entries against) of its stage}: the
+    quantisable ops of a float flatbuffer run in module order, and a layer's stage is its op and the ops after
+    it up to the next one (activation, pooling, reshape). A stage is kept in float whole: a pooling op left
+    quantised would quantise the layer's output anyway. A scope that names a conv or linear module
+    (litert-torch's debug names) must name the same one; the last layer's says only ``serving_default_output_0``."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
+
+    codes = {getattr(schema.BuiltinOperator, n) for n in QUANTISABLE_OPS}
+    model = fb.read_model(str(path))
+    graph = model.subgraphs[0]
+    stages: list[list[str]] = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) in codes:
+            stages.append([])
+        if stages:  # (ops before the first layer: the input's own, quantised with it)
+            stages[-1].append(fb.get_op_scope(op, graph.tensors))
+    named = [[m for seg in s[0].split(";;") if (m := module_path(seg.split(";")[0])) in layers] for s in stages]
+    if len(stages) != len(layers) or any(n and n != [k] for n, k in zip(named, layers)):
+        raise ValueError(f"the quantisable ops of {path.name} ({len(stages)}) do not match the model's "
+                         f"convolution and linear layers ({', '.join(layers)})")
+    return dict(zip(layers, stages))
+
+
+def tflite_logits(model: bytes, x: np.ndarray) -> np.ndarray:
+    """Float logits of a batch-1 flatbuffer over ``x``, one image at a time; an int8 input and output are
+    quantised and dequantised with their tensors' parameters, as ``backends.litert`` runs them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=model)
+    it.allocate_tensors()
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    q_in, q_out = quantizer_of(i), quantizer_of(o)
+    out = []
+    for k in range(len(x)):
+        it.set_tensor(i["index"], quantize_input(x[k:k + 1], q_in) if q_in else x[k:k + 1])
+        it.invoke()
+        out.append(it.get_tensor(o["index"]).astype(np.float32))
+    logits = np.concatenate(out)
+    return (logits - q_out[1]) * q_out[0] if q_out else logits
+
+
+def quantizer_of(detail: dict):
+    """For an int8 tensor (a fully quantised model's input or output): (scale, zero point); else None."""
+    if detail["dtype"] != np.int8:
+        return None
+    scale, zero = detail["quantization"]
+    return float(scale), int(zero)
+
+
+def quantize_input(x: np.ndarray, q: tuple[float, int]) -> np.ndarray:
+    """Normalised float input as a fully quantised model's int8 input tensor takes it: (scale, zero point)."""
+    return np.clip(np.round(x / q[0]) + q[1], -128, 127).astype(np.int8)
+
+
+def module_path(name: str) -> str | None:
+    """The torch module a litert-torch tensor name records: ``.../Sequential_features/...ReLU_2`` -> features.2
+    (each segment is ``<qualified class>_<attribute>``); None for a name without a module stack."""
+    parts = name.split("/")[1:]  # the first segment is the root model's class
+    if not parts:
+        return None
+    return ".".join(p.rsplit(".", 1)[-1].split("_", 1)[1] for p in parts if "_" in p.rsplit(".", 1)[-1]) or None
 
 
 def _dist_version(name: str) -> str:

@@ -13,6 +13,7 @@ import itertools
 import tempfile
 from pathlib import Path
 
+from ..accuracy_control import accuracy_of, keep_sensitive_in_float as control
 from ..metadata import metadata_props
 from .base import QUANTIZE, Format, Target
 from .onnx import PROPS
@@ -89,34 +90,18 @@ def _accuracy(path: Path, x, y) -> float:
     from ..ort_session import open_session
 
     sess = open_session(path, "cpu")
-    logits = np.concatenate([sess.run(None, {"input": x[i:i + 1000]})[0] for i in range(0, len(x), 1000)])
-    return float((logits.argmax(1) == y).mean())
+    return accuracy_of(np.concatenate([sess.run(None, {"input": x[i:i + 1000]})[0] for i in range(0, len(x), 1000)]), y)
 
 
 def keep_sensitive_in_float(pre: Path, make, cal) -> tuple[Path, dict | None]:
-    """Accuracy control: while the INT8 model loses more than ``cal.max_drop`` points of accuracy on the
-    checkpoint's validation part (never test), keep in float the one quantisable node whose exclusion recovers
-    the most (greedy, ties in graph order). Returns the model and what was done (None: no validation data).
-
-    ORT's quantiser has no accuracy-aware mode of its own; ``nodes_to_exclude`` is its per-node switch."""
+    """Accuracy control (``lenet_export.accuracy_control``) over the quantisable nodes of ``pre``: ORT's quantiser
+    has no accuracy-aware mode of its own; ``nodes_to_exclude`` is its per-node switch."""
     import onnx
 
-    q = make([])
-    if cal.validation is None:
-        return q, None
-    x, y = cal.validation
-    fp32, acc, kept = _accuracy(pre, x, y), _accuracy(q, x, y), []
-    first = acc
     nodes = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in QUANTISABLE]
-    while (fp32 - acc) * 100 > cal.max_drop and len(kept) < len(nodes):
-        trials = {n: make(kept + [n]) for n in nodes if n not in kept}
-        scores = {n: _accuracy(p, x, y) for n, p in trials.items()}
-        best = max(scores, key=lambda n: (scores[n], -nodes.index(n)))
-        kept.append(best)
-        q, acc = trials[best], scores[best]
-    return q, {"max_drop": cal.max_drop, "split": "validation", "samples": int(len(y)),
-               "validation_accuracy": {"fp32": fp32, "int8_all_layers": first, "int8": acc},
-               "kept_in_float": kept}
+    x, y = cal.validation if cal.validation is not None else (None, None)
+    return control(make, lambda q: _accuracy(q, x, y), nodes, lambda: _accuracy(pre, x, y), cal,
+                   tool="onnxruntime.quantization nodes_to_exclude (greedy per node)")
 
 
 FORMATS = (

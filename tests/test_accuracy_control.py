@@ -1,0 +1,92 @@
+"""Accuracy control for the mobile INT8 variants (`quantize --max-drop`): a model that INT8 breaks is repaired by
+keeping layers in float, chosen on the validation split, with the kept layers recorded inside the artefact and
+in metadata.json, and the repaired variant passes verify on the whole test set.
+
+The broken model is the shipped Fashion-MNIST one with one channel of its second conv stage scaled up 1000x by
+batch norm and the next linear layer's weights for that channel scaled down as much: the same function in
+float (ReLU and max pooling commute with a positive scale), but one activation channel 1000x larger than the
+rest, so per-tensor INT8 activations of that stage lose every other channel."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli
+from lenet_export.checkpoint import load_checkpoint, save_checkpoint
+from lenet_export.quantize import QuantizeOptions, quantize
+from lenet_export.verify import VerifyOptions, verify
+
+SHIPPED = REPO / "exported" / "fashion-mnist-lenet-modern"
+SCALE, CHANNEL = 1000.0, 0
+VARIANTS = {"executorch-int8": ("model.int8.pte", "executorch-cpu-int8"),
+            "litert-int8": ("model.int8.tflite", "litert-cpu-int8")}
+
+pytestmark = pytest.mark.heavy  # an export, two INT8 variants quantised twice, and the whole test split
+
+
+def _needs():
+    for package, extra in (("executorch", "executorch"), ("litert_torch", "litert"), ("ai_edge_quantizer", "litert")):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (pip install 'lenet-export[{extra}]')")
+
+
+@pytest.fixture(scope="module")
+def outlier(tmp_path_factory, fmnist_dir):
+    """(checkpoint, export folder with model.pte and model.tflite) of the outlier-channel model."""
+    _needs()
+    root = tmp_path_factory.mktemp("outlier")
+    ck = load_checkpoint(SHIPPED / "best.pth")
+    sd = ck["state_dict"]
+    sd["features.5.weight"][CHANNEL] *= SCALE
+    sd["features.5.bias"][CHANNEL] *= SCALE
+    hw = sd["classifier.1.weight"].shape[1] // sd["features.5.weight"].shape[0]
+    sd["classifier.1.weight"][:, CHANNEL * hw:(CHANNEL + 1) * hw] /= SCALE
+    save_checkpoint(ck, root / "best.pth")
+    r = run_cli("onnx", "--checkpoint", root / "best.pth", "--out", root / "e", "--data-dir", fmnist_dir,
+                "--formats", "executorch,litert")
+    assert r.exit_code == 0, r.output  # (its checks prove the float artefacts still give the shipped logits)
+    return root / "best.pth", root / "e"
+
+
+def _quantize_and_verify(outlier, fmnist_dir, max_drop):
+    ckpt, out = outlier
+    quantize(QuantizeOptions(exported=out, checkpoint=ckpt, data_dir=str(fmnist_dir), max_drop=max_drop,
+                             formats=tuple(VARIANTS)), log=lambda _: None)
+    rep = verify(VerifyOptions(exported=out, checkpoint=ckpt, data_dir=str(fmnist_dir),
+                               backends=("torch-cpu", *(b for _, b in VARIANTS.values()))), log=lambda _: None)
+    return json.loads((out / "metadata.json").read_text()), rep
+
+
+def test_without_control_the_outlier_breaks_both_mobile_variants(outlier, fmnist_dir):
+    meta, rep = _quantize_and_verify(outlier, fmnist_dir, max_drop=100)
+    for artefact, backend in VARIANTS.values():
+        control = meta[artefact]["accuracy_control"]
+        assert control["kept_in_float"] == [] and control["validation_accuracy"]["int8"] < 0.5
+        assert rep.backends[backend].status == "failed" and "accuracy-drop" in rep.backends[backend].rules
+
+
+def test_control_keeps_the_outlier_stage_in_float_and_the_variants_pass(outlier, fmnist_dir, tmp_path):
+    from lenet_export.formats.executorch import read_pte_metadata
+    from lenet_export.formats.litert import read_tflite_metadata
+
+    meta, rep = _quantize_and_verify(outlier, fmnist_dir, max_drop=0.25)
+    for (artefact, backend), read in zip(VARIANTS.values(), (read_pte_metadata, read_tflite_metadata)):
+        control = meta[artefact]["accuracy_control"]
+        val = control["validation_accuracy"]
+        # the stage whose activations carry the outlier, and the linear layer that reads them
+        assert {"features.4", "classifier.1"} <= set(control["kept_in_float"]), control
+        assert val["fp32"] - val["int8"] <= 0.0025 < val["fp32"] - val["int8_all_layers"]
+        assert control["split"] == "validation" and control["samples"] == 6000
+        assert read(outlier[1] / artefact)["accuracy_control"] == control  # inside the artefact too
+        assert rep.backends[backend].status == "passed", rep.backends[backend].failures
+    # diff's twin of the INT8 program keeps the same layers in float: every row a real comparison (a twin
+    # that quantised them would lose the outlier stage, far below 20 dB)
+    out = tmp_path / "diff.json"
+    r = run_cli("diff", "--exported", outlier[1], "--checkpoint", outlier[0], "--backend", "executorch-cpu-int8",
+                "--data-dir", fmnist_dir, "--samples", 16, "--json", out)
+    assert r.exit_code in (0, 1), r.output
+    rows = json.loads(out.read_text())["layers"]
+    assert all(np.isfinite(row["sqnr_db"]) and row["sqnr_db"] > 20 for row in rows), rows
+    assert "kept in float as accuracy control did" in " ".join(r.stdout.split())
