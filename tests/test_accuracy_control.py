@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_cli
+from lenet_export.accuracy_control import keep_sensitive_in_float
 from lenet_export.checkpoint import load_checkpoint, save_checkpoint
 from lenet_export.quantize import QuantizeOptions, quantize
 from lenet_export.verify import VerifyOptions, verify
@@ -23,7 +24,6 @@ SCALE, CHANNEL = 1000.0, 0
 VARIANTS = {"executorch-int8": ("model.int8.pte", "executorch-cpu-int8"),
             "litert-int8": ("model.int8.tflite", "litert-cpu-int8")}
 
-pytestmark = pytest.mark.heavy  # an export, two INT8 variants quantised twice, and the whole test split
 
 
 def _needs():
@@ -59,6 +59,7 @@ def _quantize_and_verify(outlier, fmnist_dir, max_drop):
     return json.loads((out / "metadata.json").read_text()), rep
 
 
+@pytest.mark.heavy  # (with the fixture: an export, two INT8 variants quantised, the whole test split)
 def test_without_control_the_outlier_breaks_both_mobile_variants(outlier, fmnist_dir):
     meta, rep = _quantize_and_verify(outlier, fmnist_dir, max_drop=100)
     for artefact, backend in VARIANTS.values():
@@ -67,6 +68,7 @@ def test_without_control_the_outlier_breaks_both_mobile_variants(outlier, fmnist
         assert rep.backends[backend].status == "failed" and "accuracy-drop" in rep.backends[backend].rules
 
 
+@pytest.mark.heavy
 def test_control_keeps_the_outlier_stage_in_float_and_the_variants_pass(outlier, fmnist_dir, tmp_path):
     from lenet_export.formats.executorch import read_pte_metadata
     from lenet_export.formats.litert import read_tflite_metadata
@@ -90,3 +92,59 @@ def test_control_keeps_the_outlier_stage_in_float_and_the_variants_pass(outlier,
     rows = json.loads(out.read_text())["layers"]
     assert all(np.isfinite(row["sqnr_db"]) and row["sqnr_db"] > 20 for row in rows), rows
     assert "kept in float as accuracy control did" in " ".join(r.stdout.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# The pieces, without quantising
+
+
+class _Cal:
+    def __init__(self, validation, max_drop=0.25):
+        self.validation, self.max_drop = validation, max_drop
+
+
+def _greedy(accuracy_of_kept: dict, fp32=0.90, max_drop=0.25, validation=(None, [0] * 100)):
+    """The loop over layers a, b, c where a variant's accuracy is looked up by the set of layers kept."""
+    made = []
+
+    def make(kept):
+        made.append(list(kept))
+        return frozenset(kept)
+
+    return keep_sensitive_in_float(make, lambda v: accuracy_of_kept[v], ["a", "b", "c"], lambda: fp32,
+                                   _Cal(validation, max_drop), tool="t"), made
+
+
+def test_greedy_keeps_the_best_layer_each_round_until_it_fits():
+    f = frozenset
+    acc = {f(): 0.80, f("a"): 0.85, f("b"): 0.88, f("c"): 0.82, f("ba"): 0.898, f("bc"): 0.89}
+    (variant, control), made = _greedy(acc)
+    assert variant == f("ba") and control["kept_in_float"] == ["b", "a"]
+    assert control["validation_accuracy"] == {"fp32": 0.90, "int8_all_layers": 0.80, "int8": 0.898}
+    assert made == [[], ["a"], ["b"], ["c"], ["b", "a"], ["b", "c"]]  # one trial per layer left, per round
+
+
+def test_greedy_stops_when_within_budget_or_out_of_layers():
+    f = frozenset
+    (variant, control), made = _greedy({f(): 0.899})  # 0.1 points lost: within 0.25
+    assert variant == f() and control["kept_in_float"] == [] and made == [[]]
+    worse = {k: 0.5 for k in map(f, ["", "a", "b", "c", "ab", "ac", "bc", "abc"])}
+    (variant, control), _ = _greedy(worse)  # nothing helps: every layer kept, and the record says what it got
+    assert control["kept_in_float"] == ["a", "b", "c"] and control["validation_accuracy"]["int8"] == 0.5
+    (variant, control), made = _greedy({f(): 0.1}, validation=None)  # no validation part: no control
+    assert control is None and made == [[]]
+
+
+def test_litert_layer_scopes_cover_each_stage_and_refuse_a_mismatch():
+    pytest.importorskip("ai_edge_quantizer", reason="ai-edge-quantizer is not installed (pip install 'lenet-export[litert]')")
+    from lenet_export.formats.litert import layer_scopes
+
+    layers = ["features.0", "features.4", "classifier.1", "classifier.3"]
+    scopes = layer_scopes(SHIPPED / "model.tflite", layers)
+    assert list(scopes) == layers
+    assert "Conv2d_0" in scopes["features.0"][0] and any("MaxPool2d_3" in s for s in scopes["features.0"])
+    assert any("MaxPool2d_7" in s for s in scopes["features.4"]) and len(scopes["classifier.3"]) == 1
+    with pytest.raises(ValueError, match="do not match"):
+        layer_scopes(SHIPPED / "model.tflite", ["features.0", "features.4", "classifier.1"])
+    with pytest.raises(ValueError, match="do not match"):  # the right count, but named in the wrong order
+        layer_scopes(SHIPPED / "model.tflite", ["features.4", "features.0", "classifier.1", "classifier.3"])
