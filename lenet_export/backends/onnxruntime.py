@@ -34,7 +34,8 @@ def _open(artefact: str, device: str):
             check_calibration(read_onnx_metadata(path).get("calibration"))
         sess = ort_session.open_session(path, device)
         used = ort_session.used_providers(sess)
-        info = {"onnxruntime": ort.__version__, "providers": used}
+        info = {"onnxruntime": ort.__version__, "providers": used,
+                "disabled_optimizers": list(ort_session.DISABLED_OPTIMIZERS)}
         if device == "cuda":
             if not used or used[0] != ort_session.CUDA:
                 raise Fallback(f"ONNX Runtime CUDA session fell back to CPU (session providers: {used})")
