@@ -369,8 +369,8 @@ def test_ort_cuda_fallback_to_cpu_fails(backend, runs, exports, fmnist_dir, monk
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     real = ort.InferenceSession
 
-    def session(path, opts, providers):  # what onnxruntime does when CUDA cannot initialise: CPU only
-        return real(path, opts, providers=["CPUExecutionProvider"])
+    def session(path, opts, providers, **kw):  # what onnxruntime does when CUDA cannot initialise: CPU only
+        return real(path, opts, providers=["CPUExecutionProvider"], **kw)
 
     monkeypatch.setattr(ort, "InferenceSession", session)
     rep = verify(VerifyOptions(exported=exports("fashion-mnist"), checkpoint=runs("fashion-mnist") / "best.pth",
