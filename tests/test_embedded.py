@@ -304,3 +304,40 @@ def test_torchscript_canonical_archive_changes_only_what_varies(fmnist):
     assert all(a.read(n) == b.read(n) for n in a.namelist() if "/data/" in n)
     assert a.read("archive/.data/serialization_id") != b.read("archive/.data/serialization_id")
     assert canonical_archive(fixed) == fixed
+
+
+def test_mnn_five_by_five_convolutions_stay_float32_accurate(tmp_path, monkeypatch):
+    """lenet-classic's second convolution (6 -> 16 channels, 5x5, 12x12 input): with MNN's default Winograd tile
+    choice its output moved by more than 1e-4 (the export then refused the model); ``load_module`` keeps the small
+    tiles and agrees with ONNX Runtime within 1e-5 of the output's scale."""
+    pytest.importorskip("MNN", reason="MNN is not installed (pip install 'lenet-export[mnn]')")
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    import lenet_export.formats.mnn as mnn_format
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.5, (16, 6, 5, 5)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["input", "w"], ["logits"])], "conv",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 6, 12, 12])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 16, 8, 8])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    mnn_format._write(Target(tmp_path, None, None, None, None, {}))
+    x = rng.uniform(0, 1, (64, 6, 12, 12)).astype(np.float32)
+    want = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+    def error() -> float:
+        from MNN import expr as F
+
+        module = mnn_format.load_module(tmp_path / "model.mnn")
+        out = np.array(F.convert(module.forward(F.const(x, list(x.shape), F.NCHW)), F.NCHW).read()).reshape(want.shape)
+        return float(np.abs(out - want).max() / np.abs(want).max())
+
+    assert error() < 1e-5
+    monkeypatch.setattr(mnn_format, "WINOGRAD_MEMORY_LEVEL", (3, 3))  # MNN's default: the large tiles
+    assert error() > 1e-5
