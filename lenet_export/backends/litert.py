@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..formats.litert import module_path, quantize_input, quantizer_of
+from ..formats.litert import forward, module_path, quantize_input, quantizer_of
 from ..machine import available_threads
 from ..native import captured_stderr
 from .base import Backend, Context, Probe, Runner, cpu_name
@@ -36,14 +36,10 @@ def _open(artefact: str):
         inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
         q_in, q_out = quantizer_of(inp), quantizer_of(out)
         batch = int(inp["shape"][0])
+        step = forward(interpreter)  # what an app does, a fully quantised model's int8 input and output included
 
         def run(x: np.ndarray) -> list[np.ndarray]:
-            if q_in:  # what an app does for a fully quantised model: its input tensor's scale and zero point
-                x = quantize_input(x, q_in)
-            interpreter.set_tensor(inp["index"], x)
-            interpreter.invoke()
-            y = interpreter.get_tensor(out["index"]).copy()  # get_tensor's array is reused by the next invoke
-            return [(y.astype(np.float32) - q_out[1]) * np.float32(q_out[0]) if q_out else y]
+            return [step(x)]
 
         info = {"ai_edge_litert": ai_edge_litert.__version__, "delegate": "XNNPACK (interpreter default)",
                 "threads": threads, "device": cpu_name()}

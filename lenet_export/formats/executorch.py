@@ -135,7 +135,7 @@ def _int8(t: Target) -> dict:
     from ..accuracy_control import accuracy_of, keep_sensitive_in_float, quantisable_layers
 
     shape, cal = t.sample.shape, t.calibration
-    x, y = cal.validation if cal.validation is not None else (None, None)
+    x, y = cal.validation or (None, None)  # (the measures below are called only when there is a validation part)
 
     def make(kept: list[str]):
         return pt2e_int8(t.model, shape, cal.images, kept)
@@ -155,6 +155,7 @@ def _int8(t: Target) -> dict:
     if control:
         meta["accuracy_control"] = control
     info = {"quantizer": "XNNPACKQuantizer symmetric per-channel (PT2E)"}
+    # lowered again: the chosen trial's program was lowered without this metadata, which names what was kept
     info = _lower(export_program(converted, shape), meta, info, t.folder / "model.int8.pte")
     return {"model.int8.pte": {**info, "accuracy_control": control} if control else info}
 

@@ -81,16 +81,20 @@ def _int8(t: Target) -> dict:
 
     from ..accuracy_control import accuracy_of, keep_sensitive_in_float, quantisable_layers
 
+    from ai_edge_litert.interpreter import Interpreter
+
     source = t.input("model.tflite")
     cal = t.calibration
     scopes = layer_scopes(source, quantisable_layers(t.model))
+    signature = next(iter(Interpreter(model_path=str(source)).get_signature_list().items()))
 
-    def accuracy(model: bytes) -> float:
+    def accuracy(model: bytes) -> float:  # (called only when there is a validation part)
         x, y = cal.validation
         return accuracy_of(tflite_logits(model, x), y)
 
     quantized, control = keep_sensitive_in_float(
-        lambda kept: _quantize(source, cal.images, [s for k in kept for s in scopes[k]]), accuracy, list(scopes),
+        lambda kept: _quantize(source, signature, cal.images, [s for k in kept for s in scopes[k]]), accuracy,
+        list(scopes),
         lambda: accuracy(source.read_bytes()), cal, tool="ai-edge-quantizer no_quantize recipe entries (greedy per layer)")
     version = getattr(ai_edge_quantizer, "__version__", None) or _dist_version("ai-edge-quantizer")
     info = {"batch_range": [BATCH, BATCH], "quantizer": f"ai-edge-quantizer {version} static_wi8_ai8",
@@ -103,15 +107,15 @@ def _int8(t: Target) -> dict:
     return {"model.int8.tflite": info}
 
 
-def _quantize(source: Path, images, float_scopes: list[str]) -> bytes:
-    """``source`` quantised by the static int8 recipe, calibrated on ``images``, with the ops whose scope is in
-    ``float_scopes`` left in float (a later recipe entry overrides an earlier one for the ops it matches)."""
-    from ai_edge_litert.interpreter import Interpreter
+def _quantize(source: Path, signature: tuple[str, dict], images, float_scopes: list[str]) -> bytes:
+    """``source`` quantised by the static int8 recipe, calibrated on ``images`` fed to ``signature`` (name, its
+    inputs and outputs), with the ops whose scope is in ``float_scopes`` left in float (a later recipe entry
+    overrides an earlier one for the ops it matches)."""
     from ai_edge_quantizer import quantizer, recipe
 
     from ..machine import available_threads
 
-    signature, io = next(iter(Interpreter(model_path=str(source)).get_signature_list().items()))
+    signature, io = signature
     qt = quantizer.Quantizer(str(source))
     qt.load_quantization_recipe(recipe.static_wi8_ai8() + [
         {"regex": f"^{re.escape(scope)}$", "operation": "*", "algorithm_key": "no_quantize"} for scope in float_scopes])
@@ -151,21 +155,27 @@ def layer_scopes(path: Path, layers: list[str]) -> dict[str, list[str]]:
 
 
 def tflite_logits(model: bytes, x: np.ndarray) -> np.ndarray:
-    """Float logits of a batch-1 flatbuffer over ``x``, one image at a time; an int8 input and output are
-    quantised and dequantised with their tensors' parameters, as ``backends.litert`` runs them."""
+    """Float logits of a batch-1 flatbuffer over ``x``, one image at a time, as ``backends.litert`` runs it."""
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_content=model)
     it.allocate_tensors()
-    i, o = it.get_input_details()[0], it.get_output_details()[0]
-    q_in, q_out = quantizer_of(i), quantizer_of(o)
-    out = []
-    for k in range(len(x)):
-        it.set_tensor(i["index"], quantize_input(x[k:k + 1], q_in) if q_in else x[k:k + 1])
-        it.invoke()
-        out.append(it.get_tensor(o["index"]).astype(np.float32))
-    logits = np.concatenate(out)
-    return (logits - q_out[1]) * q_out[0] if q_out else logits
+    step = forward(it)
+    return np.concatenate([step(x[k:k + 1]) for k in range(len(x))])
+
+
+def forward(interpreter):
+    """One batch through an allocated interpreter as an app runs it: an int8 input is quantised with its tensor's
+    scale and zero point and an int8 output dequantised with its own; returns float logits (a copy)."""
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    q_in, q_out = quantizer_of(inp), quantizer_of(out)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(inp["index"], quantize_input(x, q_in) if q_in else x)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"]).copy()  # get_tensor's array is reused by the next invoke
+        return (y.astype(np.float32) - q_out[1]) * np.float32(q_out[0]) if q_out else y
+    return run
 
 
 def quantizer_of(detail: dict):

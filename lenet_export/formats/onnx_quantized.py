@@ -99,9 +99,9 @@ def keep_sensitive_in_float(pre: Path, make, cal) -> tuple[Path, dict | None]:
     import onnx
 
     nodes = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in QUANTISABLE]
-    x, y = cal.validation if cal.validation is not None else (None, None)
-    return control(make, lambda q: _accuracy(q, x, y), nodes, lambda: _accuracy(pre, x, y), cal,
-                   tool="onnxruntime.quantization nodes_to_exclude (greedy per node)")
+    # (the measures are called only when there is a validation part)
+    return control(make, lambda q: _accuracy(q, *cal.validation), nodes, lambda: _accuracy(pre, *cal.validation),
+                   cal, tool="onnxruntime.quantization nodes_to_exclude (greedy per node)")
 
 
 FORMATS = (
