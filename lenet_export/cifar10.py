@@ -84,7 +84,11 @@ def _unpack_image_folder(archive: Path) -> Path:
             with write_errors(dest.parent):
                 with tarfile.open(archive) as tar:
                     tar.extractall(tmp, filter="data")
-                os.replace(tmp, dest)
+                try:
+                    os.replace(tmp, dest)
+                except OSError:
+                    if not dest.is_dir():  # else another process unpacked the same archive first: use theirs
+                        raise
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             raise DataError(f"cannot unpack {archive}: {first_line(e)}") from None
         finally:

@@ -6,4 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh export,cpu,runtimes,test,plot,ray,serve-client
-exec .venv/bin/python -m pytest "$@"
+# One pytest-xdist worker per core, at most 4 (each trains the session's small models once); a test file runs whole
+# on one worker, so a module's fixtures are made once. LENET_EXPORT_TEST_WORKERS=0 runs everything in this process.
+CORES=$(nproc)
+WORKERS=${LENET_EXPORT_TEST_WORKERS:-$(( CORES < 4 ? CORES : 4 ))}
+exec .venv/bin/python -m pytest -n "$WORKERS" --dist loadfile "$@"

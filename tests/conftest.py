@@ -15,6 +15,13 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (scripts/test.sh), each worker gets its share of the cores for torch's and OpenMP's thread
+# pools: two workers each running two threads on two cores slow each other down. Set before torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _share = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_share))
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
 

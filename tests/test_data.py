@@ -2,9 +2,10 @@
 
 import gzip
 import hashlib
+import os
 import pickle
-import struct
 import shutil
+import struct
 import tarfile
 import zlib
 
@@ -167,15 +168,39 @@ def test_cifar_image_folder(tmp_path):
     assert np.array_equal(s.images[0].permute(1, 2, 0).numpy(), pixels[("test", 0, 0)])  # PNG is lossless
 
 
-def test_cifar_tar_gz_archive_unpacks_to_cache(tmp_path, cache):
+def _cifar_archive(tmp_path):
+    """A small CIFAR-10 image folder (train/ and test/) packed as dl/cifar10-jpeg.tar.gz."""
     _image_folder(tmp_path / "src")
     archive = tmp_path / "dl" / "cifar10-jpeg.tar.gz"
     archive.parent.mkdir()
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "src" / "train", arcname="train")
         tar.add(tmp_path / "src" / "test", arcname="test")
+    return archive
+
+
+def test_cifar_tar_gz_archive_unpacks_to_cache(tmp_path, cache):
+    archive = _cifar_archive(tmp_path)
     s = D.load_split("cifar10", train=True, data_dir=archive.parent)
     assert len(s) == 20 and any(cache.iterdir())
+
+
+def test_cifar_archive_unpacked_by_two_processes_at_once(tmp_path, cache, monkeypatch):
+    """Two runs unpacking the same archive into an empty cache (pytest-xdist workers, two `train`s): the one that
+    renames second uses the first one's folder instead of failing."""
+    import lenet_export.cifar10 as C
+
+    archive = _cifar_archive(tmp_path)
+    real = os.replace
+
+    def other_process_first(src, dst):
+        shutil.copytree(src, dst)  # the other process's rename lands just before ours
+        real(src, dst)  # raises: dst is a folder that is not empty
+
+    monkeypatch.setattr(C.os, "replace", other_process_first)
+    s = D.load_split("cifar10", train=True, data_dir=archive.parent)
+    assert len(s) == 20
+    assert [p.name for p in cache.iterdir()] == [f"cifar10-jpeg-{archive.stat().st_size}-{int(archive.stat().st_mtime)}"]
 
 
 def test_image_folder_with_wrong_classes_or_sizes(tmp_path):
