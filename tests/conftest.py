@@ -91,13 +91,34 @@ def data_dir_for(dataset: str, request) -> Path:
     return request.getfixturevalue("fmnist_dir" if dataset == "fashion-mnist" else "cifar_dir")
 
 
+def _made_once(tmp_path_factory, name: str, make) -> Path:
+    """``make(folder)`` once per test session, by whichever pytest-xdist worker asks first (the others wait on a file
+    lock in the folder the workers share); each worker then gets a copy of its own, so a test that writes into or
+    beside it cannot disturb another worker's. Without xdist: made in this session's folder, no copy."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name) / name
+        make(folder)
+        return folder
+    shared, done = base.parent / name, base.parent / f"{name}.done"
+    with FileLock(base.parent / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(shared, ignore_errors=True)  # a worker that failed half-way
+            make(shared)
+            done.touch()
+    copy = tmp_path_factory.mktemp(name) / name
+    shutil.copytree(shared, copy)
+    return copy
+
+
 def _train(tmp_path_factory, dataset: str, data_dir: Path, **kw) -> Path:
     from lenet_export.training.train import TrainConfig, train
 
-    out = tmp_path_factory.mktemp(f"run-{dataset}")
-    cfg = TrainConfig(dataset=dataset, data_dir=str(data_dir), out=str(out), force=True, **kw)
-    train(cfg, log=lambda _: None)
-    return out
+    def make(out: Path) -> None:
+        train(TrainConfig(dataset=dataset, data_dir=str(data_dir), out=str(out), force=True, **kw), log=lambda _: None)
+    return _made_once(tmp_path_factory, f"run-{dataset}", make)
 
 
 @pytest.fixture(scope="session")
@@ -129,11 +150,11 @@ def exports(tmp_path_factory, runs, request):
 
     def get(dataset: str) -> Path:
         if dataset not in cache:
-            run = runs(dataset)
-            out = tmp_path_factory.mktemp(f"export-{dataset}") / "export"
-            export(run / "best.pth", ExportOptions(out=out, data_dir=str(data_dir_for(dataset, request))),
-                   log=lambda _: None)
-            cache[dataset] = out
+            run, data_dir = runs(dataset), str(data_dir_for(dataset, request))
+
+            def make(out: Path) -> None:
+                export(run / "best.pth", ExportOptions(out=out, data_dir=data_dir), log=lambda _: None)
+            cache[dataset] = _made_once(tmp_path_factory, f"export-{dataset}", make)
         return cache[dataset]
     return get
 
