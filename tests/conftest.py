@@ -18,7 +18,8 @@ import pytest
 # Under pytest-xdist (scripts/test.sh), each worker gets its share of the cores for torch's and OpenMP's thread
 # pools: two workers each running two threads on two cores slow each other down. Set before torch is imported.
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    _share = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # Linux / others
+    _share = max(1, _cores // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, str(_share))
 
