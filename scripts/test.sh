@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh export,cpu,runtimes,test,plot,ray,serve-client
 # One pytest-xdist worker per core, at most 4 (the session's small models are trained and exported once, then copied
-# to each worker: tests/conftest.py); a test file runs whole on one worker, so a module's fixtures are made once. LENET_EXPORT_TEST_WORKERS=0 runs everything in this process.
+# to each worker: tests/conftest.py); a test file runs whole on one worker, so a module's fixtures are made once.
+# LENET_EXPORT_TEST_WORKERS=0 runs everything in this process.
 CORES=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)
 WORKERS=${LENET_EXPORT_TEST_WORKERS:-$(( CORES < 4 ? CORES : 4 ))}
 exec .venv/bin/python -m pytest -n "$WORKERS" --dist loadfile "$@"
