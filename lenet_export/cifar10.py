@@ -16,7 +16,7 @@ import torch
 
 from .splits import CIFAR10_CLASSES, Split, cache_dir, check_split, download_errors, how_to_get
 from .errors import DataError, first_line
-from .fsutil import write_errors
+from .fsutil import publish_cache_dir, write_errors
 
 
 def _find_image_folder(d: Path) -> Path | None:
@@ -84,11 +84,7 @@ def _unpack_image_folder(archive: Path) -> Path:
             with write_errors(dest.parent):
                 with tarfile.open(archive) as tar:
                     tar.extractall(tmp, filter="data")
-                try:
-                    os.replace(tmp, dest)
-                except OSError:
-                    if not dest.is_dir():  # else another process unpacked the same archive first: use theirs
-                        raise
+                publish_cache_dir(tmp, dest)  # or the folder another process unpacked first
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             raise DataError(f"cannot unpack {archive}: {first_line(e)}") from None
         finally:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .errors import DataError, first_line
-from .fsutil import atomic_write, write_errors
+from .fsutil import atomic_write, publish_cache_dir, write_errors
 from .splits import (CIFAR10_CLASSES, DATASETS, DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES,  # noqa: F401
                      FASHION_MNIST_UNPACKED_MD5, HOW_TO_GET, NAMES, DatasetInfo, Split, cache_dir, check_split,
                      dataset_info, default_data_dir, download_errors, how_to_get)
@@ -113,11 +113,7 @@ def _unpack_fmnist(src: Path) -> Path:
             for path, (_, md5) in zip(gz, FashionMNIST.resources):
                 target = raw / path.name.removesuffix(".gz")
                 atomic_write(target, functools.partial(_gunzip_checked, path, md5, target.name))
-            try:
-                os.replace(tmp, root)
-            except OSError:
-                if not root.is_dir():  # else another process unpacked the same files first: use theirs
-                    raise
+            publish_cache_dir(tmp, root)  # or the folder another process unpacked first
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-unpacked stays in the cache
     return root

@@ -80,6 +80,17 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def publish_cache_dir(tmp: Path, dest: Path) -> None:
+    """Rename the finished folder ``tmp`` to the cache entry ``dest``. Entries are keyed by what they were made
+    from, so when another process published ``dest`` first (a folder that is not empty cannot be replaced), its
+    folder is as good as ours: keep it (the caller removes ``tmp``)."""
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        if not dest.is_dir():
+            raise
+
+
 def recover_staged(final: Path) -> None:
     """Clean what a killed ``staged_dir`` left beside ``final``: its temporary folders, and the previous
     folder it had moved aside (``.NAME.old-PID``), which is put back if ``final`` is missing (killed between
