@@ -25,7 +25,7 @@ SAMPLES = 64
 # The stages of each model: every layer with weights, named as in the state dict.
 STAGES = {
     "lenet-modern": ["features.0", "features.4", "classifier.1", "classifier.3"],
-    "lenet-modern-cifar": ["features.0", "features.4", "features.8", "classifier.1", "classifier.3"],
+    "lenet-modern-cifar": ["features.0", "features.4", "features.8", "features.12", "classifier.1"],
     "lenet-classic": ["features.0", "features.3", "classifier.1", "classifier.3", "classifier.5"],
 }
 DATASET = {"lenet-modern": "fashion-mnist", "lenet-modern-cifar": "cifar10", "lenet-classic": "fashion-mnist"}

@@ -41,6 +41,10 @@ def seed_everything(seed: int, device: torch.device) -> None:
     torch.manual_seed(seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
+        # Deterministic mode also fills every new tensor with NaN by default, to expose reads of unset memory;
+        # no op used here reads it (the checkpoint bytes are identical either way), and the filling cost 5%
+        # of a training step (3,359 -> 3,519 images/s, lenet-modern-cifar, side by side, 2026-11-30).
+        torch.utils.deterministic.fill_uninitialized_memory = False
     else:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False

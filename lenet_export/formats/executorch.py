@@ -97,6 +97,33 @@ def _write(t: Target) -> dict:
     return {"model.pte": _lower(export_program(t.model, t.sample.shape), t.metadata, {}, t.folder / "model.pte")}
 
 
+def _unshared(model):
+    """``model``, or for a model with test-time flip a copy whose mirror-image pass has weights of its own.
+
+    XNNPACK cannot compile an INT8 program whose two convolutions read one quantised weight (``Failed to create
+    convolution node ... xnn_status_invalid_parameter``, measured 2026-11-30), which is what the two passes of
+    the flip share. The first pass keeps the module names (``features.0``); the mirror pass is ``mirror.*``."""
+    import copy
+
+    import torch
+
+    if not getattr(model, "flip_tta", False):
+        return model
+
+    class Unshared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features, self.classifier = model.features, model.classifier
+            self.mirror = copy.deepcopy(torch.nn.ModuleDict({"features": model.features,
+                                                             "classifier": model.classifier}))
+
+        def forward(self, x):
+            y = self.mirror["classifier"](self.mirror["features"](x.flip(3)))
+            return (self.classifier(self.features(x)) + y) * 0.5
+
+    return Unshared().eval()
+
+
 def pt2e_int8(model, sample_shape, images, keep_in_float: list[str] | tuple[str, ...] = ()):
     """PT2E INT8 with ExecuTorch's XNNPACKQuantizer (symmetric, per-channel weights): the exported graph is
     prepared (observers), calibrated on ``images`` (normalised float32 batches), converted (quantize/dequantize
@@ -117,9 +144,9 @@ def pt2e_int8(model, sample_shape, images, keep_in_float: list[str] | tuple[str,
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     if keep_in_float:
         kept = set(keep_in_float)
-        quantizer.set_filter_function(
-            lambda node: not any(path in kept for path, _ in (node.meta.get("nn_module_stack") or {}).values()))
-    prepared = prepare_pt2e(export_program(model.eval(), sample_shape).module(), quantizer)
+        quantizer.set_filter_function(lambda node: not any(
+            path.removeprefix("mirror.") in kept for path, _ in (node.meta.get("nn_module_stack") or {}).values()))
+    prepared = prepare_pt2e(export_program(_unshared(model.eval()), sample_shape).module(), quantizer)
     with torch.no_grad():
         for batch in calibration_batches(images):
             prepared(torch.from_numpy(batch))

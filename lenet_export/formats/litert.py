@@ -148,10 +148,16 @@ def layer_scopes(path: Path, layers: list[str]) -> dict[str, list[str]]:
         if stages:  # (ops before the first layer: the input's own, quantised with it)
             stages[-1].append(fb.get_op_scope(op, graph.tensors))
     named = [[m for seg in s[0].split(";;") if (m := module_path(seg.split(";")[0])) in layers] for s in stages]
-    if len(stages) != len(layers) or any(n and n != [k] for n, k in zip(named, layers)):
+    # one pass over the layers, or two for a model with test-time flip (the image's, then its mirror image's)
+    passes = len(stages) // len(layers) if layers and len(stages) % len(layers) == 0 else 0
+    owners = [layers[i % len(layers)] for i in range(len(stages))]
+    if passes not in (1, 2) or any(n and set(n) != {k} for n, k in zip(named, owners)):
         raise ValueError(f"the quantisable ops of {path.name} ({len(stages)}) do not match the model's "
                          f"convolution and linear layers ({', '.join(layers)})")
-    return dict(zip(layers, stages))
+    scopes: dict[str, list[str]] = {k: [] for k in layers}
+    for owner, stage in zip(owners, stages):
+        scopes[owner] += stage
+    return scopes
 
 
 def tflite_logits(model: bytes, x: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 
 from ..errors import ExportError
@@ -49,12 +50,52 @@ def _write(t: Target) -> dict:
 
         from MNN import version
 
-        args = ["mnnconvert", "-f", "ONNX", "--modelFile", str(t.input("model.onnx")),
-                "--MNNModel", str(t.folder / "model.mnn"), "--bizCode", json.dumps(t.metadata)]
-        if not _tools.mnnconvert(args) or not (t.folder / "model.mnn").is_file():
-            raise ExportError("MNN's converter could not convert model.onnx")
+        with tempfile.TemporaryDirectory() as tmp:
+            src = _reversals_as_gathers(t.input("model.onnx"), Path(tmp))
+            args = ["mnnconvert", "-f", "ONNX", "--modelFile", str(src),
+                    "--MNNModel", str(t.folder / "model.mnn"), "--bizCode", json.dumps(t.metadata)]
+            if not _tools.mnnconvert(args) or not (t.folder / "model.mnn").is_file():
+                raise ExportError("MNN's converter could not convert model.onnx")
     _content_uuid(t.folder / "model.mnn")
     return {"model.mnn": {"converter": f"MNN {version()} mnnconvert -f ONNX (C++ converter, FP32)"}}
+
+
+def _reversals_as_gathers(onnx_path: Path, tmp: Path) -> Path:
+    """``model.onnx``, or a copy in ``tmp`` where each full reversal of an axis is a Gather of the reversed indices.
+
+    torch.flip (the mirror image of test-time augmentation) exports as a Slice with step -1. MNN 3.6 converts
+    it, but its CPU Slice then crashes the process (SIGSEGV) from batch 64 on (batch 9 and 16 ran; measured
+    2026-11-30); a Gather along the axis computes the same values and runs at every batch."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    dims = {v.name: [d.dim_value or None for d in v.type.tensor_type.shape.dim]
+            for v in [*model.graph.input, *model.graph.value_info]}
+    changed = False
+    for i, node in enumerate(model.graph.node):
+        if node.op_type != "Slice" or len(node.input) != 5 or not all(n in consts for n in node.input[1:]):
+            continue
+        starts, ends, axes, steps = (consts[n].tolist() for n in node.input[1:])
+        shape = dims.get(node.input[0])
+        if len(axes) != 1 or steps != [-1] or starts != [-1] or not shape or not shape[axes[0]]:
+            continue
+        size = shape[axes[0]]
+        if ends[0] > -size - 1:
+            continue  # not the whole axis
+        name = f"{node.output[0]}_reversed_indices"
+        model.graph.initializer.append(numpy_helper.from_array(np.arange(size - 1, -1, -1, dtype=np.int64), name))
+        model.graph.node[i].CopyFrom(helper.make_node("Gather", [node.input[0], name], list(node.output),
+                                                      name=node.name, axis=axes[0]))
+        changed = True
+    if not changed:
+        return onnx_path
+    onnx.save(model, str(tmp / "model.onnx"))
+    return tmp / "model.onnx"
 
 
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
