@@ -9,8 +9,10 @@ Classic variants keep their published shapes and activations:
 * ``lenet5``         the padded average-pooling LeNet-5 (sigmoid, avg pooling, fc 400-120-84-10): 61,706;
 * ``lenet-cifar``    the CIFAR-10 LeNet (3->16->32 channels, ReLU, max pooling, fc 800-120-84-10): 121,182.
 
-Modern variants (defaults) keep the two-stage conv/pool + fc shape but use 3x3 "same" convolutions,
-batch norm and ReLU, and more channels, which train to far higher accuracy in the same wall time.
+Modern variants (defaults) keep the conv/pool stages + fc shape but use 3x3 "same" convolutions, batch norm
+and ReLU, and more channels, which train to far higher accuracy in the same wall time. ``flip_tta`` (the
+CIFAR-10 default) makes eval mode return the mean of the logits of the image and of its mirror image: the
+exported graphs hold both passes, so every runtime proves the same averaged logits.
 """
 
 from __future__ import annotations

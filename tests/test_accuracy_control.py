@@ -148,3 +148,21 @@ def test_litert_layer_scopes_cover_each_stage_and_refuse_a_mismatch():
         layer_scopes(SHIPPED / "model.tflite", ["features.0", "features.4", "classifier.1"])
     with pytest.raises(ValueError, match="do not match"):  # the right count, but named in the wrong order
         layer_scopes(SHIPPED / "model.tflite", ["features.4", "features.0", "classifier.1", "classifier.3"])
+
+
+def test_litert_layer_scopes_of_a_flip_model_cover_both_passes(exports):
+    pytest.importorskip("ai_edge_quantizer", reason="ai-edge-quantizer is not installed (pip install 'lenet-export[litert]')")
+    from lenet_export.formats.litert import layer_scopes
+
+    tflite = exports("cifar10") / "model.tflite"
+    if not tflite.is_file():
+        pytest.skip("the session's CIFAR-10 export has no model.tflite")
+    layers = ["features.0", "features.4", "features.8", "features.12", "classifier.1"]
+    scopes = layer_scopes(tflite, layers)
+    one_pass = layer_scopes(SHIPPED / "model.tflite", ["features.0", "features.4", "classifier.1", "classifier.3"])
+    assert list(scopes) == layers
+    # each conv stage's ops, in the image's pass and in the mirror image's
+    assert all(sum("Conv2d" in s for s in scopes[k]) == 2 for k in layers[:4]), scopes
+    assert all(sum("Conv2d" in s for s in one_pass[k]) == 1 for k in ["features.0", "features.4"])
+    with pytest.raises(ValueError, match="do not match"):  # two passes, named in the wrong order
+        layer_scopes(tflite, ["features.4", "features.0", "features.8", "features.12", "classifier.1"])

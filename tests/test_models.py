@@ -6,7 +6,7 @@ from lenet_export.models import VARIANTS, build_model, count_parameters, get_var
 
 # Pinned: the classic counts come from their published architectures.
 EXPECTED = {"lenet-classic": 44_426, "lenet5": 61_706, "lenet-cifar": 121_182,
-            "lenet-modern": 220_330, "lenet-modern-cifar": 156_186}
+            "lenet-modern": 220_330, "lenet-modern-cifar": 102_810}
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
@@ -39,3 +39,24 @@ def test_lenet5_is_padded_average_pooling():
 def test_unknown_model_lists_choices():
     with pytest.raises(ConfigError, match="lenet-classic"):
         get_variant("resnet50")
+
+
+def test_flip_tta_averages_the_mirror_image_in_eval_mode_only():
+    torch.manual_seed(0)
+    args = dict(VARIANTS["lenet-modern-cifar"].args)
+    assert args["flip_tta"]
+    model = build_model(args)
+    plain = build_model({**args, "flip_tta": False})
+    plain.load_state_dict(model.state_dict())  # the same weights: test-time flip adds none
+    x = torch.randn(4, 3, 32, 32)
+    model.train(), plain.train()
+    torch.manual_seed(1)
+    a = model(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, plain(x))  # training sees one view
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        want = (plain(x) + plain(x.flip(3))) * 0.5
+        assert torch.allclose(model(x), want, atol=1e-6)
+        assert not torch.allclose(plain(x), want, atol=1e-3)  # the mirror image changes the logits
+        assert torch.allclose(model(x.flip(3)), model(x), atol=1e-5)  # and the result is mirror-invariant
