@@ -37,6 +37,21 @@ def _verify(out, dataset, runs, request, backends=VARIANTS):
                                 data_dir=str(data_dir_for(dataset, request)), backends=backends), log=lambda _: None)
 
 
+# Weight copies an INT8 file may hold: OpenVINO's and ExecuTorch's variants of the CIFAR-10 model (test-time flip)
+# quantise the mirror image's pass on its own (ONNX Runtime's copies are merged: its bound stays 0.35)
+COPIES = {"fashion-mnist": 1, "cifar10": 2}
+
+
+def _int8_sized(e, fp32, meta: dict, artefact: str, dataset: str) -> None:
+    """An INT8 variant is under 0.35x its FP32 artefact per weight copy, unless accuracy control kept layers in
+    float (then the record names them, and they are float-sized)."""
+    control = (meta.get(artefact) or {}).get("accuracy_control") or {}
+    if control.get("kept_in_float"):
+        assert e.size_bytes < fp32.size_bytes * COPIES[dataset] * 1.1
+        return
+    assert e.size_bytes < 0.35 * COPIES[dataset] * fp32.size_bytes, (artefact, e.size_bytes, fp32.size_bytes)
+
+
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_variants_pass_their_budgets(dataset, quantized, runs, request):
     out = quantized(dataset)
@@ -58,7 +73,7 @@ def test_variants_pass_their_budgets(dataset, quantized, runs, request):
         ov = _verify(out, dataset, runs, request, ("openvino-cpu", "openvino-cpu-int8"))
         e = ov.backends["openvino-cpu-int8"]
         assert ov.passed and e.precision == "int8", ov.problems
-        assert e.size_bytes < 0.35 * ov.backends["openvino-cpu"].size_bytes
+        _int8_sized(e, ov.backends["openvino-cpu"], meta, "model.int8.xml", dataset)
         assert "model.int8.xml:rt_info" in ov.metadata.files
     if importlib.util.find_spec("ai_edge_quantizer") and (out / "model.tflite").is_file():
         lt = _verify(out, dataset, runs, request, ("litert-cpu", "litert-cpu-int8"))
@@ -68,7 +83,8 @@ def test_variants_pass_their_budgets(dataset, quantized, runs, request):
         assert e.precision == "int8" and e.ran, e.failures
         assert lt.passed if dataset == "fashion-mnist" else set(e.rules) <= {"accuracy-drop", "confident-flips"}, \
             e.failures
-        assert e.size_bytes < 0.35 * lt.backends["litert-cpu"].size_bytes and e.runtime["io"].startswith("int8")
+        _int8_sized(e, lt.backends["litert-cpu"], meta, "model.int8.tflite", dataset)
+        assert e.runtime["io"].startswith("int8")
         assert "model.int8.tflite:lenet_export" in lt.metadata.files
         assert meta["model.int8.tflite"]["quantizer"].startswith("ai-edge-quantizer")
     if importlib.util.find_spec("executorch") and (out / "model.pte").is_file():
@@ -77,7 +93,7 @@ def test_variants_pass_their_budgets(dataset, quantized, runs, request):
         assert e.precision == "int8" and e.ran, e.failures  # as LiteRT's above (the shipped CIFAR-10 one missed)
         assert et.passed if dataset == "fashion-mnist" else set(e.rules) <= {"accuracy-drop", "confident-flips"}, \
             e.failures
-        assert e.size_bytes < 0.35 * et.backends["executorch-cpu"].size_bytes
+        _int8_sized(e, et.backends["executorch-cpu"], meta, "model.int8.pte", dataset)
         assert "model.int8.pte:metadata()" in et.metadata.files
         # XNNPACK took the quantised convolutions and linear layers, not only the float ops around them
         assert {"aten_convolution_default", "aten_linear_default"} <= set(e.runtime["delegated_op_types"]), e.runtime
