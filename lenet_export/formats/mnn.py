@@ -70,7 +70,10 @@ def _reversals_as_gathers(onnx_path: Path, tmp: Path) -> Path:
     import onnx
     from onnx import helper, numpy_helper
 
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    model = onnx.load(str(onnx_path))
+    if not any(n.op_type == "Slice" for n in model.graph.node):
+        return onnx_path  # (every model without test-time flip: no shape inference, no copy)
+    model = onnx.shape_inference.infer_shapes(model)
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
                    if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
