@@ -23,6 +23,9 @@ import ast
 from .errors import ArtefactError
 
 INPUT = "input"  # the key of the normalised input inside model.raw.onnx (its uint8 -> float prefix)
+# The key of the model's own output (the logits) among diff's points: the last layer's output, except in a model
+# whose forward combines several passes (test-time flip: the mean of two), where only this is the artefact's.
+OUTPUT = "output"
 SCOPES = "pkg.torch.onnx.name_scopes"
 
 

@@ -32,7 +32,8 @@ def test_untouched_tflite_is_within_tolerance_at_every_layer(fmnist_dir, tmp_pat
     d, stdout = _diff(SHIPPED, "litert-cpu", fmnist_dir, tmp_path, ok=(0,))
     names = [layer["layer"] for layer in d["layers"]]
     assert d["first_divergent_layer"] is None and len(names) >= 8, names
-    assert names[0] == "input" and names[-1] == "classifier.3" and "features.3" in names and "classifier.0" in names
+    assert names[0] == "input" and names[-1] == "output" and "features.3" in names and "classifier.0" in names
+    assert "classifier.3" in d["layers"][-1]["modules"]  # the graph's output is the last layer's
     assert all(layer["max_abs"] < 1e-4 for layer in d["layers"])
     assert "without its XNNPACK delegate" in stdout.replace("\n", " ")
 
@@ -80,14 +81,16 @@ def test_executorch_layers_come_from_etdump_and_the_output_from_the_artefact(fmn
     d, stdout = _diff(SHIPPED, "executorch-cpu", fmnist_dir, tmp_path, ok=(0,))
     rows = {layer["layer"]: layer["tensor"] for layer in d["layers"]}
     assert [r for r in rows if r.startswith("features.")] == [f"features.{i}" for i in range(8)], rows
-    assert rows["classifier.3"] == "model.pte:output" and rows["features.4"] == "twin:features.4"
+    assert rows["output"] == "model.pte:output" and rows["features.4"] == "twin:features.4"
+    assert rows["classifier.3"] == "twin:classifier.3"
     assert d["first_divergent_layer"] is None and all(layer["max_abs"] < 1e-4 for layer in d["layers"])
     assert "without the delegate" in " ".join(stdout.split())
 
 
-def test_a_perturbed_pte_diverges_at_its_output_only(fmnist_dir, tmp_path):
-    """A model.pte written by the real writer from a model whose second convolution moved: the twin's rows (the
-    checkpoint's model on ExecuTorch's kernels) stay within tolerance and the artefact's output is named."""
+def test_a_perturbed_pte_is_named_where_its_weights_moved(fmnist_dir, tmp_path):
+    """A model.pte written by the real writer from a model whose second convolution moved: the twin carries the
+    weights read from the file (not the checkpoint's), so diff names that convolution, and says where the
+    weights came from."""
     _executorch()
     import torch
 
@@ -103,9 +106,44 @@ def test_a_perturbed_pte_diverges_at_its_output_only(fmnist_dir, tmp_path):
     meta = json.loads((SHIPPED / "metadata.json").read_text())
     registry()["executorch"].write(Target(bad, model, None, torch.zeros(2, *ckpt["input_shape"]), None, meta))
     d, stdout = _diff(bad, "executorch-cpu", fmnist_dir, tmp_path, ok=(1,))
-    assert d["first_divergent_layer"] == "classifier.3", d["layers"]
-    assert all(layer["within_tolerance"] for layer in d["layers"][:-1])
-    assert "executorch-cpu first diverges at classifier.3" in stdout
+    assert d["first_divergent_layer"] == "features.4", d["layers"]
+    assert all(layer["within_tolerance"] for layer in d["layers"][:4])
+    assert "differ from the checkpoint's in features.4." in " ".join(stdout.split())
+
+
+def test_pte_weights_that_match_no_layer_leave_the_checkpoints_with_a_note():
+    """The mapping from the program's constants to layers refuses what is not near the checkpoint's weights
+    (here: another network's), and says so instead of running the twin on misplaced values."""
+    _executorch()
+    from lenet_export.backends.executorch import _adopt_weights
+    from lenet_export.checkpoint import load_checkpoint, model_from_checkpoint
+    from lenet_export.formats.executorch import pte_constants
+
+    model = model_from_checkpoint(load_checkpoint(SHIPPED / "best.pth")).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert "they are the checkpoint's" in _adopt_weights(model, "model.pte", pte_constants(SHIPPED / "model.pte"))
+    other = SHIPPED.parent / "cifar10-lenet-modern-cifar" / "model.pte"
+    note = _adopt_weights(model, "model.pte", pte_constants(other))
+    assert "could not be mapped" in note
+    assert all((before[k] - v).abs().max() < 1e-5 for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("backend", ["litert-cpu", "executorch-cpu"])
+def test_a_test_time_flip_model_is_within_tolerance_at_every_row(backend, cifar_dir, tmp_path):
+    """The shipped CIFAR-10 model averages two passes: each layer row compares one pass (the mirror's, as both
+    sides keep a layer's last value), and the output row the averaged logits with the model's own output, not
+    with its last layer's. A 16x16 map with 16 channels reads as NCHW and as NHWC: LiteRT's NHWC is taken."""
+    if backend.startswith("executorch"):
+        _executorch()
+    cifar = REPO / "exported" / "cifar10-lenet-modern-cifar"
+    out = tmp_path / "d.json"
+    r = run_cli("diff", "--exported", cifar, "--checkpoint", cifar / "best.pth", "--backend", backend,
+                "--data-dir", cifar_dir, "--samples", 8, "--json", out)
+    assert r.exit_code == 0, r.output
+    d = json.loads(out.read_text())
+    rows = {layer["layer"]: layer for layer in d["layers"]}
+    assert d["first_divergent_layer"] is None and rows["output"]["max_abs"] < 1e-4, d["layers"]
+    assert "features.3" in rows["features.3"]["modules"] and rows["features.3"]["max_abs"] < 1e-4
 
 
 def test_executorch_int8_is_compared_layer_by_layer(fmnist_dir, tmp_path):
@@ -116,7 +154,7 @@ def test_executorch_int8_is_compared_layer_by_layer(fmnist_dir, tmp_path):
     d, stdout = _diff(SHIPPED, "executorch-cpu-int8", fmnist_dir, tmp_path, ok=(1,))
     rows = {layer["layer"]: layer for layer in d["layers"]}
     assert rows["features.1"]["modules"] == ["features.0", "features.1"]  # batch norm folded into the conv by PT2E
-    assert rows["classifier.3"]["tensor"] == "model.int8.pte:output"
+    assert rows["output"]["tensor"] == "model.int8.pte:output"
     assert d["first_divergent_layer"] == "features.1"  # where it first quantises
     assert all(20 < layer["sqnr_db"] < 80 for layer in d["layers"]), d["layers"]
     assert "quantised again" in " ".join(stdout.split())

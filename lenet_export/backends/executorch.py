@@ -47,11 +47,12 @@ def _runner(ctx: Context, artefact: str) -> Runner:
 def _twin(ctx: Context, folder, artefact: str) -> str | None:
     """Write the artefact's model as a program without the XNNPACK partitioner (ExecuTorch's portable kernels, one
     op per layer), its ETRecord beside it: what ETDump can log intermediate outputs of, mapped to modules. For
-    the INT8 program: the checkpoint quantised again by the writer's own function, on the calibration images
-    its metadata records (same split, size and seed). Returns what to tell the user about how it was made."""
+    the FP32 program: the checkpoint's network with the weights read from the artefact itself. For the INT8
+    program: the checkpoint quantised again by the writer's own function, on the calibration images its
+    metadata records (same split, size and seed). Returns what to tell the user about how it was made."""
     from ..checkpoint import model_from_checkpoint
     from ..formats import owner
-    from ..formats.executorch import export_program, load_pte, pt2e_int8
+    from ..formats.executorch import export_program, load_pte, pt2e_int8, pte_constants
     from ..native import executorch_imports
 
     with executorch_imports():
@@ -60,7 +61,6 @@ def _twin(ctx: Context, folder, artefact: str) -> str | None:
 
     model = model_from_checkpoint(ctx.checkpoint).eval()
     shape = (1, *ctx.checkpoint["input_shape"])
-    note = None
     if owner(artefact).precision == "int8":  # (an FP32 program written after quantize may carry the ORT one's)
         from ..accuracy_control import kept_in_float
         from ..calibration import calibration_subset
@@ -73,10 +73,67 @@ def _twin(ctx: Context, folder, artefact: str) -> str | None:
                 f"(XNNPACKQuantizer, PT2E) on the calibration images its metadata records ({cal['size']} "
                 f"from the {cal['split']} split, seed {cal['seed']})"
                 + (f", with {', '.join(kept)} kept in float as accuracy control did)." if kept else ")."))
+    else:
+        note = _adopt_weights(model, artefact, pte_constants(ctx.artefact(artefact)))
     program = to_edge(export_program(model, shape), generate_etrecord=True).to_executorch()
     (folder / "twin.pte").write_bytes(program.buffer)
     program.get_etrecord().save(str(folder / "twin.etrecord"))
     return note
+
+
+def _adopt_weights(model, artefact: str, constants: list[np.ndarray]) -> str:
+    """Give ``model`` the weights the program computes with, so that a layer changed inside the artefact shows
+    in the twin's rows. XNNPACK's lowering folds batch norm into the convolution before it stores the weights
+    (in its own layouts): each folded weight is found among the constants by shape, layout and nearest values,
+    then unfolded into the convolution and the batch norm's shift. Returns what to tell the user."""
+    import torch
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    mods, changed, found = list(model.modules()), [], []
+    try:
+        for i, m in enumerate(mods):  # every layer found before any is changed
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                bn = mods[i + 1] if i + 1 < len(mods) and isinstance(mods[i + 1], nn.BatchNorm2d) else None
+                w, b = (fuse_conv_bn_weights(m.weight, m.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
+                                             bn.bias) if bn is not None else (m.weight, m.bias))
+                (w2, ew), (b2, eb) = _closest(w.detach(), constants), _closest(b.detach(), constants)
+                found.append((m, bn, w2, b2))
+                if max(ew, eb) > 1e-6:
+                    changed.append(next(n for n, x in model.named_modules() if x is m))
+                if bn is not None and bool((bn.weight == 0).any()):
+                    raise LookupError("a batch norm with a zero scale cannot be unfolded")
+    except LookupError as e:
+        return f"The weights in {artefact} could not be mapped to the checkpoint's layers ({e}): the twin has the checkpoint's."
+    with torch.no_grad():
+        for m, bn, w2, b2 in found:
+            if bn is None:
+                m.weight.copy_(w2), m.bias.copy_(b2)
+                continue
+            s = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # the folded weight is s * w
+            m.weight.copy_(w2 / s.view(-1, 1, 1, 1))
+            bn.bias.copy_(b2 - s * ((m.bias if m.bias is not None else 0) - bn.running_mean))
+    return (f"The twin has the weights read from {artefact} itself (batch norm folded in by XNNPACK's lowering, "
+            "unfolded here); " + (f"they differ from the checkpoint's in {', '.join(changed)}." if changed
+                                  else "they are the checkpoint's."))
+
+
+def _closest(t, constants: list[np.ndarray]):
+    """(the constant of ``t``'s size, in ``t``'s layout, nearest to ``t``; its largest difference relative to
+    ``t``'s largest value). XNNPACK stores convolutions as OHWI, or IHWO for one input channel."""
+    import torch
+
+    perms = {4: [(0, 1, 2, 3), (0, 2, 3, 1), (1, 2, 3, 0)], 2: [(0, 1), (1, 0)]}.get(t.dim(), [(0,)])
+    scale, best = float(t.abs().max()) or 1.0, (None, float("inf"))
+    for c in (c for c in constants if c.size == t.numel()):
+        for perm in perms:
+            view = t.permute(perm)
+            err = float(np.abs(c - view.reshape(-1).numpy()).max()) / scale
+            if err < best[1]:
+                best = (torch.from_numpy(c.copy()).reshape(view.shape).permute(tuple(np.argsort(perm))), err)
+    if best[1] > 0.5:  # a perturbed layer stays close; a wrong tensor or layout is off by about its own size
+        raise LookupError(f"no constant of {tuple(t.shape)} is near the checkpoint's")
+    return best
 
 
 def _logged(folder, x) -> dict[str, np.ndarray]:
@@ -106,28 +163,26 @@ def _probe(artefact: str):
         import tempfile
         from pathlib import Path
 
-        from ..checkpoint import model_from_checkpoint
-        from .torch_eager import leaves
+        from ..layermap import OUTPUT
 
-        last = leaves(model_from_checkpoint(ctx.checkpoint))[-1]  # the logits: compared with the artefact's own
         scratch = tempfile.TemporaryDirectory(prefix="lenet-export-etdump-")  # removed with the probe
         folder = Path(scratch.name)
         made = _twin(ctx, folder, artefact)
         runner = _runner(ctx, artefact)
         c, h, w = ctx.checkpoint["input_shape"]
-        mapped = [m for m in _logged(folder, np.zeros((1, c, h, w), np.float32)) if m != last]
+        mapped = list(_logged(folder, np.zeros((1, c, h, w), np.float32)))
 
         def run(xf: np.ndarray, xu: np.ndarray, _keep=scratch) -> dict[str, np.ndarray]:
             values = _logged(folder, xf)
             return {**{f"twin:{m}": values[m] for m in mapped}, f"{artefact}:output": runner.run(xf)[0]}
 
-        points = {**{m: f"twin:{m}" for m in mapped}, last: f"{artefact}:output"}
+        points = {**{m: f"twin:{m}" for m in mapped}, OUTPUT: f"{artefact}:output"}
         return Probe(artefact, points, run, f"executorch {runner.runtime['executorch']}",
                      notes=[f"{artefact} is lowered to XNNPACK: the delegated graph is one call, with no "
-                            "intermediate values to log. The rows before the output are the same model without "
+                            "intermediate values to log. The rows before the output are the same network without "
                             "the delegate (ExecuTorch's portable kernels, intermediate outputs from ETDump, mapped "
                             f"to modules through ETRecord); the output row is {artefact} itself. A divergence "
-                            "only at the output is inside the delegated program.", *filter(None, [made])])
+                            "only at the output is in the delegate's kernels.", *filter(None, [made])])
     return open_
 
 

@@ -50,24 +50,28 @@ def _open(artefact: str):
     return open_
 
 
-def _points(details: list[dict], shapes: dict[str, tuple], order: list[str], graph_in: int, graph_out: int):
-    """{torch module: (tensor index, layout)} for the tensors whose value is a module's output. A fused tensor
-    (conv + batch norm + ReLU) names every module it covers, ``;;``-separated: it is the output of the last
-    one in execution order. ``layout``: ``nchw`` (as torch), ``nhwc`` (LiteRT's, transposed back), skipped else."""
-    from ..layermap import INPUT
+def _points(details: list[dict], shapes: dict[str, tuple], order: list[str], graph_in: int, graph_out: int,
+            transposed: set[int] = frozenset()):
+    """{torch module: (tensor index, layout)} for the tensors whose value is a module's output; the graph's
+    output is the model's (``OUTPUT``). A fused tensor (conv + batch norm + ReLU) names every module it covers,
+    ``;;``-separated: it is the output of the last one in execution order. ``layout``: ``nchw`` (as torch),
+    ``nhwc`` (LiteRT's, transposed back), skipped else. A 4-D tensor whose shape reads both ways (16x16x16) is
+    LiteRT's NHWC unless a TRANSPOSE made it (``transposed``: the tensors TRANSPOSE ops output)."""
+    from ..layermap import INPUT, OUTPUT
 
-    points = {INPUT: (graph_in, "nchw"), order[-1]: (graph_out, "nchw")}
+    points = {INPUT: (graph_in, "nchw"), OUTPUT: (graph_out, "nchw")}
     for d in details:  # in tensor order, which follows execution here; a later tensor of a module replaces it
         mods = [m for m in (module_path(n.split(";")[0]) for n in d["name"].split(";;")) if m in shapes]
         if not mods or d["index"] in (graph_in, graph_out):
             continue
         mod = max(mods, key=order.index)
         shape, want = tuple(d["shape"][1:]), shapes[mod]
-        if shape == want:
-            points[mod] = (d["index"], "nchw")
-        elif len(shape) == 3 and (shape[2], shape[0], shape[1]) == want:
+        if len(shape) == 3 and (shape[2], shape[0], shape[1]) == want and d["index"] not in transposed:
             points[mod] = (d["index"], "nhwc")
-    return dict(sorted(points.items(), key=lambda kv: -1 if kv[0] == INPUT else order.index(kv[0])))
+        elif shape == want:
+            points[mod] = (d["index"], "nchw")
+    rank = {INPUT: -1, OUTPUT: len(order)}
+    return dict(sorted(points.items(), key=lambda kv: rank[kv[0]] if kv[0] in rank else order.index(kv[0])))
 
 
 def _probe(artefact: str):
@@ -90,7 +94,9 @@ def _probe(artefact: str):
         inp, out = it.get_input_details()[0], it.get_output_details()[0]
         q_in = quantizer_of(inp)
         details = {d["index"]: d for d in it.get_tensor_details()}
-        points = _points(list(details.values()), shapes, order, inp["index"], out["index"])
+        # the interpreter's op list (no public accessor; used by LiteRT's own visualiser and analyzer)
+        transposed = {o for op in it._get_ops_details() if op["op_name"] == "TRANSPOSE" for o in op["outputs"]}
+        points = _points(list(details.values()), shapes, order, inp["index"], out["index"], transposed)
 
         def value(index: int, layout: str) -> np.ndarray:
             d, v = details[index], it.get_tensor(index)

@@ -47,8 +47,10 @@ def leaves(module) -> list[str]:
     return [n for n, m in module.named_modules() if n and not list(m.children())]
 
 
-def hooked(module, names: list[str]) -> Callable:
-    """``run(x) -> {leaf path: output}`` with forward hooks on ``module``'s leaves (torch eager, pt2)."""
+def hooked(module, names: list[str], with_output: bool = False) -> Callable:
+    """``run(x) -> {leaf path: output}`` with forward hooks on ``module``'s leaves (torch eager, pt2); a leaf
+    called twice (test-time flip) keeps its last call. ``with_output``: the module's own output as well, under
+    ``layermap.OUTPUT``, after the leaves."""
     import torch
 
     mods = dict(module.named_modules())
@@ -59,7 +61,11 @@ def hooked(module, names: list[str]) -> Callable:
     def run(x: torch.Tensor) -> dict:
         acts.clear()
         with torch.inference_mode():
-            module(x)
+            out = module(x)
+        if with_output:
+            from ..layermap import OUTPUT
+
+            return {**acts, OUTPUT: out.detach().float().cpu()}
         return dict(acts)
     return run
 

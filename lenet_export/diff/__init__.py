@@ -24,7 +24,7 @@ from .. import backends as registry
 from ..backends import Context, Skip
 from ..backends.torch_eager import hooked, leaves
 from ..errors import ArtefactError, ConfigError, LenetExportError, first_line
-from ..layermap import INPUT
+from ..layermap import INPUT, OUTPUT
 from ..parity import Tolerance
 from .stats import Accumulator, LayerStats
 
@@ -87,8 +87,11 @@ def _rows(order: list[str], kinds: dict[str, str], points: dict[str, str]) -> tu
         if leaf in points:
             rows.append(LayerStats(leaf, points[leaf], pending))
             pending = []
+    if OUTPUT in points:  # the artefact's own output: the model's, covering the leaves since the last point
+        rows.append(LayerStats(OUTPUT, points[OUTPUT], pending))
+        pending = []
     notes = [f"no runtime tensor for {', '.join(pending)} (after the last mapped layer)"] if pending else []
-    unknown = [k for k in points if k != INPUT and k not in kinds]
+    unknown = [k for k in points if k not in (INPUT, OUTPUT) and k not in kinds]
     if unknown:
         notes.append(f"runtime names modules the checkpoint's model does not have: {', '.join(unknown)}")
     return rows, notes
@@ -115,8 +118,8 @@ def localise(backend: str, ctx: Context, x_float: np.ndarray, x_uint8: np.ndarra
     model = model_from_checkpoint(ctx.checkpoint)
     modules = dict(model.named_modules())
     kinds = {n: type(modules[n]).__name__ for n in leaves(model)}
-    ref_run = hooked(model, list(kinds))
-    order = list(ref_run(torch.from_numpy(np.ascontiguousarray(x_float[:2]))))  # execution order
+    ref_run = hooked(model, list(kinds), with_output=True)
+    order = [k for k in ref_run(torch.from_numpy(np.ascontiguousarray(x_float[:2]))) if k != OUTPUT]  # execution order
     rows, notes = _rows(order, kinds, probe.points)
     accs = [Accumulator(r, tol) for r in rows]
     for i in range(0, len(x_float), BATCH):

@@ -51,6 +51,18 @@ def read_pte_metadata(path: Path) -> dict:
     return load_pte(path)[1]
 
 
+def pte_constants(path: Path) -> list[np.ndarray]:
+    """The float32 constants a program keeps in its named data (where ExecuTorch's XNNPACK lowering stores the
+    delegate's weights, batch norm folded in): what the program computes with, read from the file itself."""
+    from ..native import executorch_imports
+
+    with executorch_imports():
+        from executorch.exir._serialize._program import deserialize_pte_binary
+
+    named = deserialize_pte_binary(Path(path).read_bytes()).named_data
+    return [np.frombuffer(bytes(b), np.float32) for b in (named.buffers if named else []) if len(b) % 4 == 0]
+
+
 def export_program(model, sample_shape):
     """``torch.export`` with the dynamic batch of ``BATCH_RANGE`` (an example batch of ``EXAMPLE_BATCH``)."""
     import torch
