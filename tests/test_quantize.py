@@ -177,8 +177,10 @@ def _shipped_copy(tmp_path, dataset="cifar10"):
 
 @pytest.mark.heavy  # the whole CIFAR-10 test split, twice
 def test_accuracy_control_keeps_the_sensitive_layers_in_float(tmp_path, request):
-    """The shipped CIFAR-10 model loses 0.59 points in INT8 with every layer quantised (beyond the 0.5 budget);
-    accuracy control, judged on the validation split, keeps a layer in float and the variant passes on test."""
+    """Every layer of the shipped CIFAR-10 model in INT8 loses accuracy on validation (on the AMD machine 0.59 points
+    on test, beyond the 0.5 budget; VNNI's kernels on an Intel machine lose less). With ``--max-drop`` below that
+    loss, accuracy control, judged on the validation split, keeps layers in float until the loss is within it,
+    records them, and the variant passes on test."""
     data = str(data_dir_for("cifar10", request))
     out = _shipped_copy(tmp_path)
     backends = ("torch-cpu", "ort-cpu-int8")
@@ -191,11 +193,15 @@ def test_accuracy_control_keeps_the_sensitive_layers_in_float(tmp_path, request)
                                              backends=backends), log=lambda _: None)
 
     control, rep = run(100.0)  # no control: every layer in INT8
-    assert control["kept_in_float"] == [] and rep.backends["ort-cpu-int8"].status == "failed"
-    assert "accuracy-drop" in rep.backends["ort-cpu-int8"].rules
-    control, rep = run(0.25)  # the default
     val = control["validation_accuracy"]
-    assert control["kept_in_float"] and val["fp32"] - val["int8"] <= 0.0025 < val["fp32"] - val["int8_all_layers"]
+    lost = (val["fp32"] - val["int8_all_layers"]) * 100
+    assert control["kept_in_float"] == [] and val["int8"] == val["int8_all_layers"] and lost > 0, val
+    if rep.backends["ort-cpu-int8"].status == "failed":  # beyond the budget on test (the AMD machine)
+        assert "accuracy-drop" in rep.backends["ort-cpu-int8"].rules
+    max_drop = min(0.25, lost / 2)  # the default, or below what this CPU's kernels lose
+    control, rep = run(max_drop)
+    val = control["validation_accuracy"]
+    assert control["kept_in_float"] and (val["fp32"] - val["int8"]) * 100 <= max_drop < lost, (max_drop, control)
     assert rep.backends["ort-cpu-int8"].status == "passed", rep.backends["ort-cpu-int8"].failures
     props = {p.key: p.value for p in onnx.load(str(out / "model.int8.onnx")).metadata_props}
     assert json.loads(props["accuracy_control"])["kept_in_float"] == control["kept_in_float"]
@@ -278,6 +284,8 @@ def test_int8_sessions_keep_each_pool_beside_its_convolution(dataset, tmp_path, 
     off, on = sess.run(None, {"input": x})[0], plain.run(None, {"input": x})[0]
     if dataset == "fashion-mnist":
         np.testing.assert_array_equal(off, on)
-    else:  # with the mirror pass, propagation also moves rounding: at most one step of the logits' quantisation
+    else:  # with the mirror pass, propagation also moves rounding: a step or two of the logits' quantisation
+        # (one on the AMD machine, two with an Intel machine's VNNI kernels), on few of the logits
         step = next(numpy_helper.to_array(t) for t in onnx.load(str(model)).graph.initializer if t.name == "logits_scale")
-        assert 0 < np.abs(off - on).max() <= step * 1.001
+        moved = np.abs(off - on)
+        assert 0 < moved.max() <= 2 * step * 1.001 and (moved > 0).mean() < 0.5, (moved.max() / step, (moved > 0).mean())

@@ -142,7 +142,9 @@ def test_tolerance_breach_fails_and_names_backend(runs, exports, fmnist_dir, tmp
 
 def test_accuracy_change_fails_even_within_a_loose_tolerance(runs, exports, fmnist_dir, tmp_path):
     bad = _copy(exports, tmp_path)
-    _edit_onnx(bad / "model.onnx", lambda m: _set_weights(m, lambda a: a.__imul__(1.5)))
+    # the largest weight negated: logits move by far less than the tolerance below, and accuracy falls on any CPU
+    # (scaled by 1.5 instead, the flips balanced out to the same accuracy on one Intel machine)
+    _edit_onnx(bad / "model.onnx", lambda m: _set_weights(m, lambda a: a.__imul__(-1.0)))
     r = _cli(bad, runs, fmnist_dir, "--backends", "ort-cpu", "--atol", "1000", "--report", tmp_path / "r.json")
     assert r.exit_code == 1, r.output
     fails = _report(tmp_path)["backends"]["ort-cpu"]["failures"]
