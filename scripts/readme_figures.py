@@ -276,6 +276,32 @@ def shipped_block(_=None) -> str:
     return head + "\n".join(rows) + f"\n\nVerified on: {machine_line(machine)}.\n"
 
 
+def replay_other_cpu_block(_=None) -> str:
+    """The shipped records replayed on another CPU: ``verify --replay ... --report docs/replay/MODEL-CPU.json``
+    run there (the record's own machine cannot make these), one table per report."""
+    out = []
+    for path in sorted((REPO / "docs" / "replay").glob("*.json")):
+        r = json.loads(path.read_text())
+        exact = [b for b in r["backends"].values() if b["precision"] == "fp32" and b["status"] != "skipped"]
+        rows = [(f"{len(exact)} FP32 backends", "fp32", _statuses(exact), exact[0]["accuracy_there"],
+                 exact[0]["accuracy_here"], max(b["max_abs"] for b in exact), sum(b["differing_count"] for b in exact))]
+        rows += [(f"`{b['name']}`", b["precision"], b["status"], b["accuracy_there"], b["accuracy_here"], b["max_abs"],
+                  b["differing_count"]) for b in r["backends"].values() if b["precision"] != "fp32"]
+        out += [f"`{rel(path)}`: the record {r['record']}, made on {machine_line(r['there'])}; replayed on "
+                f"{machine_line(r['here'])}: **{'reproduced' if r['passed'] else 'differs'}**.", "",
+                "| backend | precision | status | accuracy there | accuracy here | max\\|Δ\\| | samples changed class |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {n} | {p} | {st} | {a:.4f} | {h:.4f} | {m:.1e} | {c} |" for n, p, st, a, h, m, c in rows]
+        changed = [(b["name"], d) for b in r["backends"].values() for d in b["differing"]]
+        out += [""] + [f"- `{n}`, sample {d['index']}: class {d['there_class']} (margin {d['there_margin']:.3g}) "
+                       f"there, {d['here_class']} (margin {d['here_margin']:.3g}) here" for n, d in changed] + [""]
+    return "\n".join(out)
+
+
+def _statuses(rows: list[dict]) -> str:
+    return ", ".join(sorted({b["status"] for b in rows}))
+
+
 def machine_line(m: dict) -> str:
     from lenet_export.machine import Machine
 
@@ -318,11 +344,26 @@ def figure_mismatches(text: str) -> list[str]:
             if agree_col is not None and row[agree_col] != f"{b['argmax_agree']}/{rep['samples']}":
                 out.append(f"{name}: {row[0]} agree {row[agree_col]}, the shipped report says "
                            f"{b['argmax_agree']}/{rep['samples']}")
+    return out + stale_replays()
+
+
+def stale_replays() -> list[str]:
+    """A replay in docs/replay/ of a record that is no longer the shipped one (the models were re-shipped):
+    its figures describe other models, so it must be made again on another CPU (or removed)."""
+    out = []
+    for path in sorted((REPO / "docs" / "replay").glob("*.json")):
+        r = json.loads(path.read_text())
+        shipped = json.loads((REPO / r["record"]).read_text())
+        for b in r["backends"].values():
+            now = shipped["backends"].get(b["name"], {}).get("accuracy")
+            if b["status"] != "skipped" and now != b["accuracy_there"]:
+                out.append(f"{rel(path)}: {b['name']} accuracy there {b['accuracy_there']}, the shipped report "
+                           f"says {now}: replay the shipped record again on another CPU")
     return out
 
 
 QUICK = {"ratios": ratios_block, "train": train_block, "shipped": shipped_block, "training-speed": training_speed_block,
-         "predict": predict_block, "models": models_block}
+         "predict": predict_block, "models": models_block, "replay-other-cpu": replay_other_cpu_block}
 SLOW = {"onnx": onnx_block, "quantize": quantize_block, "verify": verify_block, "replay": replay_block,
         "diff": diff_block, "engines": engines_block, "bench-fashion-mnist": bench_block(FMNIST, "../shared/datasets/fashion-mnist"),
         "bench-cifar10": bench_block(CIFAR, "../shared/datasets"), "bench-serve": bench_serve_block}

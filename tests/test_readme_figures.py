@@ -44,3 +44,27 @@ def test_a_wrong_verify_figure_is_named(tmp_path):
     cells[3] = cells[3].replace(cells[3].strip(), "0.1234")
     broken = text.replace(line, "│".join(cells), 1)
     assert any(w.startswith("verify: ort-cpu accuracy 0.1234") for w in rf.figure_mismatches(broken))
+
+
+def test_a_replay_of_an_earlier_record_is_stale(tmp_path, monkeypatch):
+    """docs/replay/ holds replays made on another CPU: when the shipped record they replayed changes (the models
+    were re-shipped), the check names the report instead of showing another model's figures."""
+    import json
+    import shutil
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import readme_figures as rf
+
+    assert rf.stale_replays() == [] and list((REPO / "docs" / "replay").glob("*.json"))
+    root = tmp_path / "repo"
+    (root / "docs").mkdir(parents=True)
+    shutil.copytree(REPO / "docs" / "replay", root / "docs" / "replay")
+    shutil.copytree(REPO / "exported", root / "exported", ignore=shutil.ignore_patterns("*.bin", "*.pt*", "*.onnx",
+                                                                                         "*.tflite", "*.npz"))
+    record = root / "exported" / "fashion-mnist-lenet-modern" / "verify.json"
+    rep = json.loads(record.read_text())
+    rep["backends"]["ort-cpu-int8"]["accuracy"] = 0.5
+    record.write_text(json.dumps(rep))
+    monkeypatch.setattr(rf, "REPO", root)
+    stale = rf.stale_replays()
+    assert len(stale) == 1 and "ort-cpu-int8 accuracy there 0.923" in stale[0] and "says 0.5" in stale[0], stale
