@@ -84,6 +84,8 @@ def recorded_map(metadata: dict, artefact: str, proto, quantized: bool = False) 
         raise ArtefactError(f"{artefact} does not name the torch modules its nodes came from (neither the dynamo "
                             "nor the legacy exporter's naming); cannot map its tensors to layers")
     produced = {o for n in proto.graph.node for o in n.output}
+    output = proto.graph.output[0].name  # the model's own output: a point of its own where no layer's (OUTPUT)
+    points = {**points, OUTPUT: output} if output not in points.values() else dict(points)
     if quantized:
         # INT8 QDQ: a tensor's dequantised copy is the value the next layer really consumes (the quantiser also
         # drops a Relu whose clipping the quantisation does, so the raw tensor can be the pre-clip value).

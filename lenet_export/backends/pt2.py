@@ -26,7 +26,8 @@ def _probe(ctx: Context) -> Probe:
     with captured_stderr(), quiet_logger("torch.export"):
         program = torch.export.load(str(ctx.artefact("model.pt2")))
     module = torch.export.unflatten(program)
-    run_t = hooked(module, leaves(module))
+    flip = bool(ctx.checkpoint["model_args"].get("flip_tta"))  # the output is not the last layer's: a row of its own
+    run_t = hooked(module, leaves(module), with_output=flip)
     c, h, w = ctx.checkpoint["input_shape"]
     fired = list(run_t(torch.zeros(2, c, h, w)))  # leaves that run, in order (a no-op module has no node)
 

@@ -1,7 +1,8 @@
 """TorchScript: ``model.pt`` loaded with ``torch.jit.load`` on CPU and CUDA.
 
 The diff probe: a ScriptModule takes no forward hooks, so its submodules are run one after the other
-(``named_children``, recursively); the result must equal the module's own forward."""
+(``named_children``, recursively); the result must equal the module's own forward. A model with test-time flip
+(its checkpoint's ``flip_tta``) runs them on the image, then on its mirror image, and compares the mean."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import warnings
 import numpy as np
 
 from ..errors import ArtefactError
+from ..layermap import OUTPUT
 from .base import Backend, Context, Probe, Runner, Skip, cuda_device
 from .torch_eager import INSTALL, leaves, module_runner
 
@@ -53,11 +55,15 @@ def _probe(device: str):
             with torch.inference_mode():
                 x = torch.from_numpy(xf).to(device)
                 y, whole = chain(m, x, "", acts), m(x)
+                if flip:  # test-time flip: then the mirror image, whose values each layer keeps (as torch's hooks)
+                    y = (y + chain(m, x.flip(3), "", acts)) * 0.5
             if y.shape != whole.shape or not torch.allclose(y, whole, rtol=1e-5, atol=1e-5):
                 raise ArtefactError("model.pt's forward is not its submodules run in order; cannot localise")
-            return {k: v.float().cpu().numpy() for k, v in acts.items()}
+            return {**{k: v.float().cpu().numpy() for k, v in acts.items()}, OUTPUT: whole.float().cpu().numpy()}
+        flip = bool(ctx.checkpoint["model_args"].get("flip_tta"))
         names = leaves(m)
-        return Probe("model.pt", dict(zip(names, names)), run, f"torch.jit {torch.__version__} {device}")
+        return Probe("model.pt", {**dict(zip(names, names)), **({OUTPUT: OUTPUT} if flip else {})}, run,
+                     f"torch.jit {torch.__version__} {device}")
     return open_
 
 

@@ -75,7 +75,8 @@ class DiffResult:
 
 
 def _rows(order: list[str], kinds: dict[str, str], points: dict[str, str]) -> tuple[list[LayerStats], list[str]]:
-    """Comparable points in execution order; each covers the torch leaves since the previous point."""
+    """Comparable points in execution order; each covers the torch leaves since the previous point, and the
+    model's own output (``OUTPUT``), where a probe has it, comes last."""
     points = dict(points)
     for prev, leaf in zip(order, order[1:]):  # a batch norm folded into the conv before it (see ``lenet_export.layermap``)
         if kinds[leaf].startswith("BatchNorm") and leaf not in points and prev in points:
@@ -87,7 +88,7 @@ def _rows(order: list[str], kinds: dict[str, str], points: dict[str, str]) -> tu
         if leaf in points:
             rows.append(LayerStats(leaf, points[leaf], pending))
             pending = []
-    if OUTPUT in points:  # the artefact's own output: the model's, covering the leaves since the last point
+    if OUTPUT in points:  # the artefact's own output: the model's
         rows.append(LayerStats(OUTPUT, points[OUTPUT], pending))
         pending = []
     notes = [f"no runtime tensor for {', '.join(pending)} (after the last mapped layer)"] if pending else []
