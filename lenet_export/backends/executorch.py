@@ -97,18 +97,22 @@ def _adopt_weights(model, artefact: str, constants: list[np.ndarray]) -> str:
                 bn = mods[i + 1] if i + 1 < len(mods) and isinstance(mods[i + 1], nn.BatchNorm2d) else None
                 w, b = (fuse_conv_bn_weights(m.weight, m.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
                                              bn.bias) if bn is not None else (m.weight, m.bias))
-                (w2, ew), (b2, eb) = _closest(w.detach(), constants), _closest(b.detach(), constants)
+                (w2, ew), (b2, eb) = _closest(w.detach(), constants), (None, 0.0) if b is None else _closest(
+                    b.detach(), constants)
                 found.append((m, bn, w2, b2))
                 if max(ew, eb) > 1e-6:
                     changed.append(next(n for n, x in model.named_modules() if x is m))
                 if bn is not None and bool((bn.weight == 0).any()):
                     raise LookupError("a batch norm with a zero scale cannot be unfolded")
     except LookupError as e:
-        return f"The weights in {artefact} could not be mapped to the checkpoint's layers ({e}): the twin has the checkpoint's."
+        return (f"The weights in {artefact} could not be mapped to the checkpoint's layers ({e}): the twin has the "
+                "checkpoint's.")
     with torch.no_grad():
         for m, bn, w2, b2 in found:
             if bn is None:
-                m.weight.copy_(w2), m.bias.copy_(b2)
+                m.weight.copy_(w2)
+                if b2 is not None:
+                    m.bias.copy_(b2)
                 continue
             s = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # the folded weight is s * w
             m.weight.copy_(w2 / s.view(-1, 1, 1, 1))
