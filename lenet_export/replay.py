@@ -16,6 +16,7 @@ difference is named (``machine.difference``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ class Replay:
     here: Machine
     difference: str
     backends: dict[str, BackendReplay] = field(default_factory=dict)
+    record_sha256: str = ""  # of the report replayed: says which record a kept replay is of
 
     @property
     def passed(self) -> bool:
@@ -153,7 +155,8 @@ def replay(report: Path, exported: Path, checkpoint: Path | None, data_dir: str 
         raise ConfigError(f"the test split here is not the one {report} was recorded on (labels differ)")
     here = this_machine()
     there = Machine.from_dict(rec.get("machine"))
-    out = Replay(str(report), there, here, difference(here, there))
+    out = Replay(str(report), there, here, difference(here, there),
+                 record_sha256=hashlib.sha256(Path(report).read_bytes()).hexdigest())
     for name in ran:
         precision = rec["backends"][name].get("precision", "fp32")
         if precision != "fp32" and name not in record.logits:

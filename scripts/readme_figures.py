@@ -282,24 +282,32 @@ def replay_other_cpu_block(_=None) -> str:
     out = []
     for path in sorted((REPO / "docs" / "replay").glob("*.json")):
         r = json.loads(path.read_text())
-        exact = [b for b in r["backends"].values() if b["precision"] == "fp32" and b["status"] != "skipped"]
-        rows = [(f"{len(exact)} FP32 backends", "fp32", _statuses(exact), exact[0]["accuracy_there"],
-                 exact[0]["accuracy_here"], max(b["max_abs"] for b in exact), sum(b["differing_count"] for b in exact))]
-        rows += [(f"`{b['name']}`", b["precision"], b["status"], b["accuracy_there"], b["accuracy_here"], b["max_abs"],
-                  b["differing_count"]) for b in r["backends"].values() if b["precision"] != "fp32"]
+        ran = [b for b in r["backends"].values() if b["status"] != "skipped"]
+        exact = [b for b in ran if b["precision"] == "fp32"]
+        rows = [(f"{len(exact)} FP32 backends", "fp32", _spread(exact, "status"), _spread(exact, "accuracy_there"),
+                 _spread(exact, "accuracy_here"), f"{max(b['max_abs'] for b in exact):.1e}",
+                 sum(b["differing_count"] for b in exact))] if exact else []
+        rows += [(f"`{b['name']}`", b["precision"], b["status"], f"{b['accuracy_there']:.4f}",
+                  f"{b['accuracy_here']:.4f}", f"{b['max_abs']:.1e}", b["differing_count"])
+                 for b in ran if b["precision"] != "fp32"]
         out += [f"`{rel(path)}`: the record {r['record']}, made on {machine_line(r['there'])}; replayed on "
                 f"{machine_line(r['here'])}: **{'reproduced' if r['passed'] else 'differs'}**.", "",
                 "| backend | precision | status | accuracy there | accuracy here | max\\|Δ\\| | samples changed class |",
                 "|---|---|---|---|---|---|---|"]
-        out += [f"| {n} | {p} | {st} | {a:.4f} | {h:.4f} | {m:.1e} | {c} |" for n, p, st, a, h, m, c in rows]
-        changed = [(b["name"], d) for b in r["backends"].values() for d in b["differing"]]
+        out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        changed = [(b["name"], d) for b in ran for d in b["differing"]]
         out += [""] + [f"- `{n}`, sample {d['index']}: class {d['there_class']} (margin {d['there_margin']:.3g}) "
                        f"there, {d['here_class']} (margin {d['here_margin']:.3g}) here" for n, d in changed] + [""]
     return "\n".join(out)
 
 
-def _statuses(rows: list[dict]) -> str:
-    return ", ".join(sorted({b["status"] for b in rows}))
+def _spread(rows: list[dict], key: str) -> str:
+    """The one value of ``key`` in ``rows``, or its range (accuracies, 4 decimals) or list (statuses)."""
+    values = sorted({b[key] for b in rows})
+    if all(isinstance(v, float) for v in values):
+        lo, hi = f"{values[0]:.4f}", f"{values[-1]:.4f}"
+        return lo if lo == hi else f"{lo}-{hi}"
+    return ", ".join(map(str, values))
 
 
 def machine_line(m: dict) -> str:
@@ -350,15 +358,15 @@ def figure_mismatches(text: str) -> list[str]:
 def stale_replays() -> list[str]:
     """A replay in docs/replay/ of a record that is no longer the shipped one (the models were re-shipped):
     its figures describe other models, so it must be made again on another CPU (or removed)."""
+    import hashlib
+
     out = []
     for path in sorted((REPO / "docs" / "replay").glob("*.json")):
         r = json.loads(path.read_text())
-        shipped = json.loads((REPO / r["record"]).read_text())
-        for b in r["backends"].values():
-            now = shipped["backends"].get(b["name"], {}).get("accuracy")
-            if b["status"] != "skipped" and now != b["accuracy_there"]:
-                out.append(f"{rel(path)}: {b['name']} accuracy there {b['accuracy_there']}, the shipped report "
-                           f"says {now}: replay the shipped record again on another CPU")
+        now = hashlib.sha256((REPO / r["record"]).read_bytes()).hexdigest()
+        if r.get("record_sha256") != now:
+            out.append(f"{rel(path)} replayed another {r['record']} (sha256 {str(r.get('record_sha256'))[:12]}, "
+                       f"the shipped one is {now[:12]}): replay the shipped record again on another CPU")
     return out
 
 

