@@ -53,7 +53,7 @@ def test_a_replay_of_an_earlier_record_is_stale(tmp_path, monkeypatch):
     import shutil
 
     sys.path.insert(0, str(REPO / "scripts"))
-    import readme_figures as rf
+    import figures_reports as rf
 
     assert rf.stale_replays() == [] and list((REPO / "docs" / "replay").glob("*.json"))
     root = tmp_path / "repo"
