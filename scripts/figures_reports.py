@@ -164,6 +164,24 @@ def _spread(rows: list[dict], key: str) -> str:
     return ", ".join(map(str, values))
 
 
+def ort_int8_speed_block(_=None) -> str:
+    """ONNX Runtime INT8 over FP32 throughput, QDQ propagation on and off, one row per CPU and model, from
+    ``docs/ort-int8-speed/*.json`` (``scripts/ort_int8_speed.py``, run on that CPU)."""
+    out = ["| CPU | model | batch 64, pass on | batch 64, pass off | batch 256, pass on | batch 256, pass off |",
+           "|---|---|---|---|---|---|"]
+    machines = []
+    for path in sorted((REPO / "docs" / "ort-int8-speed").glob("*.json")):
+        r = json.loads(path.read_text())
+        cpu = r["machine"]["cpu"]
+        machines.append(f"{machine_line(r['machine'])}, onnxruntime {r['onnxruntime']}, median of "
+                        f"{r['rounds']} alternating rounds, {r['inputs']} inputs (`{rel(path)}`).")
+        for model, rows in r["models"].items():
+            cells = [f"{row[k]:.2f}x" if k == "int8_propagation_on_over_fp32" else f"**{row[k]:.2f}x**"
+                     for row in rows for k in ("int8_propagation_on_over_fp32", "int8_over_fp32")]
+            out.append(f"| {cpu} | {model} | {' | '.join(cells)} |")
+    return "\n".join(out) + "\n\n" + "\n".join(machines) + "\n"
+
+
 def machine_line(m: dict) -> str:
     from lenet_export.machine import Machine
 

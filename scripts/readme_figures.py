@@ -24,8 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from figures_reports import (CIFAR, COLUMNS, FMNIST, README, REPO, blocks, fenced, figure_mismatches, ratios_block, rel,
-                             replace, replay_other_cpu_block, shipped_block, train_block, training_speed_block)
+from figures_reports import (CIFAR, COLUMNS, FMNIST, README, REPO, blocks, fenced, figure_mismatches,
+                             ort_int8_speed_block, ratios_block, rel, replace, replay_other_cpu_block, shipped_block,
+                             train_block, training_speed_block)
 
 # -- running README commands ------------------------------------------------------------------------------------
 
@@ -160,7 +161,8 @@ def bench_serve_block(ws: Workspace) -> str:
 
 
 QUICK = {"ratios": ratios_block, "train": train_block, "shipped": shipped_block, "training-speed": training_speed_block,
-         "predict": predict_block, "models": models_block, "replay-other-cpu": replay_other_cpu_block}
+         "predict": predict_block, "models": models_block, "replay-other-cpu": replay_other_cpu_block,
+         "ort-int8-speed": ort_int8_speed_block}
 SLOW = {"onnx": onnx_block, "quantize": quantize_block, "verify": verify_block, "replay": replay_block,
         "diff": diff_block, "engines": engines_block, "bench-fashion-mnist": bench_block(FMNIST, "../shared/datasets/fashion-mnist"),
         "bench-cifar10": bench_block(CIFAR, "../shared/datasets"), "bench-serve": bench_serve_block}

@@ -68,3 +68,26 @@ def test_a_replay_of_an_earlier_record_is_stale(tmp_path, monkeypatch):
     monkeypatch.setattr(rf, "REPO", root)
     stale = rf.stale_replays()
     assert len(stale) == 1 and "replayed another exported/fashion-mnist-lenet-modern/verify.json" in stale[0], stale
+
+
+def test_the_ort_int8_speed_script_measures_the_three_sessions(tmp_path, monkeypatch):
+    """scripts/ort_int8_speed.py (the source of the ort-int8-speed figures), cut to one short round: a report with
+    the machine and, per model and batch, three positive throughputs and their ratios, which the block renders."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import figures_reports
+    import ort_int8_speed as speed
+
+    monkeypatch.setattr(speed, "ROUNDS", 1)
+    monkeypatch.setattr(speed, "SECONDS", 0.02)
+    monkeypatch.setattr(speed, "MODELS", ("fashion-mnist-lenet-modern",))
+    out = tmp_path / "docs" / "ort-int8-speed" / "here.json"
+    assert speed.main(["--out", str(out)]) == 0
+    import json
+
+    r = json.loads(out.read_text())
+    rows = r["models"]["fashion-mnist-lenet-modern"]
+    assert r["machine"]["cpu"] and [row["batch"] for row in rows] == list(speed.BATCHES)
+    assert all(v > 0 for row in rows for v in row["img_s"].values())
+    assert all(row["int8_over_fp32"] == row["img_s"]["int8"] / row["img_s"]["fp32"] for row in rows)
+    monkeypatch.setattr(figures_reports, "REPO", tmp_path)
+    assert "| fashion-mnist-lenet-modern | " in figures_reports.ort_int8_speed_block()
