@@ -111,9 +111,16 @@ def checkout(tmp_path):
     examples, scripts and environments) with ../shared beside it, and a ``my-photos`` folder of labelled images."""
     root = tmp_path / "main"
     root.mkdir()
-    for name in ("exported", "examples", "scripts", ".venv-serve"):
+    for name in ("exported", "scripts", ".venv-serve"):
         if (REPO / name).exists():
             (root / name).symlink_to(REPO / name)
+    for example in (REPO / "examples").iterdir():
+        if example.name == "web":  # a copy without its npm packages: the README's `npm ci` replaces node_modules,
+            # which other test workers (ort-web in export and verify) read from this checkout at the same time
+            shutil.copytree(example, root / "examples" / "web", ignore=shutil.ignore_patterns("node_modules"))
+        else:
+            (root / "examples").mkdir(exist_ok=True)
+            (root / "examples" / example.name).symlink_to(example)
     (root / ".venv").symlink_to(Path(sys.prefix))
     if (REPO.parent / "shared").is_dir():
         (tmp_path / "shared").symlink_to(REPO.parent / "shared")
