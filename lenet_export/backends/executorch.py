@@ -90,18 +90,19 @@ def _adopt_weights(model, artefact: str, constants: list[np.ndarray]) -> str:
     from torch import nn
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-    mods, changed, found, pool = list(model.modules()), [], [], dict(enumerate(constants))
+    mods, changed, found, pool = list(model.named_modules()), [], [], dict(enumerate(constants))
     try:
-        for i, m in enumerate(mods):  # every layer found before any is changed
+        for i, (name, m) in enumerate(mods):  # every layer found before any is changed
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                bn = mods[i + 1] if i + 1 < len(mods) and isinstance(mods[i + 1], nn.BatchNorm2d) else None
+                after = mods[i + 1][1] if i + 1 < len(mods) else None
+                bn = after if isinstance(after, nn.BatchNorm2d) else None
                 w, b = (fuse_conv_bn_weights(m.weight, m.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight,
                                              bn.bias) if bn is not None else (m.weight, m.bias))
                 (w2, ew), (b2, eb) = _closest(w.detach(), pool), (None, 0.0) if b is None else _closest(
                     b.detach(), pool)
                 found.append((m, bn, w2, b2))
                 if max(ew, eb) > 0:
-                    changed.append(next(n for n, x in model.named_modules() if x is m))
+                    changed.append(name)
                 if bn is not None and bool((bn.weight == 0).any()):
                     raise LookupError("a batch norm with a zero scale cannot be unfolded")
     except LookupError as e:
