@@ -78,6 +78,8 @@ def train(
                                                               "seconds of training.")] = None,
     train_limit: Annotated[Optional[int], typer.Option(help="Train on a seeded random N images of the training "
                                                               "split only (smoke runs).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 (autocast) or auto: bf16 on a CPU with AMX, "
+                                                          "else fp32; default: the model's recipe.")] = None,
 ):
     """Train a LeNet variant and keep the best-validation checkpoint (best.pth) in --out."""
     from .training.train import TrainConfig
@@ -88,7 +90,7 @@ def train(
                       optimizer=optimizer, seed=seed, val_fraction=val_fraction,
                       data_dir=str(data_dir) if data_dir else None, device=device,
                       out=str(out or Path("runs") / (dataset or "fashion-mnist")), resume=resume, force=force, time_budget=time_budget,
-                      train_limit=train_limit)
+                      train_limit=train_limit, precision=precision)
     with epoch_progress() as progress:
         run_training(cfg, progress=progress, log=log)
 

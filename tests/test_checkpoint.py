@@ -123,5 +123,7 @@ def test_train_header_says_epoch_in_the_singular_for_one():
 
     meta = {"model": "m", "num_parameters": 1, "dataset": "d", "data_source": "s",
             "split": {"n_train": 9, "n_val": 1}, "config": {"optimizer": "adamw", "lr": 0.1, "batch_size": 2}}
-    assert header_line(meta, 1, "cpu").endswith(", 1 epoch")
-    assert header_line(meta, 3, "cpu").endswith(", 3 epochs")
+    assert header_line(meta, 1, "cpu").endswith(", 1 epoch, float32")
+    assert header_line(meta, 3, "cpu").endswith(", 3 epochs, float32")
+    meta["config"]["precision"] = "bf16"
+    assert header_line(meta, 3, "cpu").endswith(", 3 epochs, bfloat16 autocast")

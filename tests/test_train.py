@@ -148,6 +148,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, fmnist_dir, monkeypatch):
     assert_clean_error(run_cli("train", "--model", "vgg", "--out", tmp_path / "a"), "lenet-classic")
     assert_clean_error(run_cli("train", "--epochs", "0", "--out", tmp_path / "a"), "--epochs must be positive")
     assert_clean_error(run_cli("train", "--batch-size", "-3", "--out", tmp_path / "a"), "--batch-size must be positive")
+    assert_clean_error(run_cli("train", "--precision", "fp16", "--out", tmp_path / "a"), "--precision must be one of")
     assert_clean_error(run_cli("train", "--dataset", "fashion-mnist", "--model", "lenet-cifar", "--out", tmp_path / "a"),
                        "built for cifar10")
     monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "none")
@@ -256,3 +257,61 @@ def test_same_command_into_two_folders_gives_the_same_bytes(tmp_path, fmnist_dir
     # best.pth is the model; last.pth also holds the run's history with each epoch's wall-clock seconds
     assert (tmp_path / "a" / "best.pth").read_bytes() == (tmp_path / "b" / "best.pth").read_bytes()
     assert "out" not in load_checkpoint(tmp_path / "a" / "best.pth")["config"]
+
+
+def test_auto_precision_is_bfloat16_only_on_a_cpu_with_amx(monkeypatch):
+    from lenet_export.machine import Machine
+    from lenet_export.training import config as C
+
+    def machine(features):
+        monkeypatch.setattr(C, "this_machine", lambda: Machine("cpu", "x86_64", features, 2))
+
+    machine(["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"])
+    assert TrainConfig(device="cpu").resolved().precision == "bf16"
+    assert TrainConfig(device="cpu", model="lenet-classic").resolved().precision == "fp32"  # the tutorial's
+    assert TrainConfig(device="cpu", precision="fp32").resolved().precision == "fp32"
+    machine(["avx2", "avx512f", "avx512_bf16"])  # bfloat16 dot products without AMX: not measured, so float32
+    assert TrainConfig(device="cpu").resolved().precision == "fp32"
+    machine(["avx2"])
+    assert TrainConfig(device="cpu", precision="bf16").resolved().precision == "bf16"  # asked for: emulated
+
+
+def test_precision_is_what_trains_and_is_recorded(tmp_path, fmnist_dir):
+    """bfloat16 autocast really changes the arithmetic (other weights than float32), and best.pth says which ran."""
+    ck = {}
+    for p in ("fp32", "bf16"):
+        train(small_cfg(tmp_path / p, fmnist_dir, epochs=1, model="lenet-modern", train_limit=512, precision=p),
+              log=lambda _: None)
+        ck[p] = load_checkpoint(tmp_path / p / "best.pth")
+        assert ck[p]["config"]["precision"] == p
+    a, b = ck["fp32"]["state_dict"], ck["bf16"]["state_dict"]
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    r = run_cli("train", "--resume", "--out", tmp_path / "bf16", "--precision", "fp32", "--data-dir", fmnist_dir)
+    assert_clean_error(r, "precision: bf16 vs fp32")  # resuming keeps the run's arithmetic
+
+
+def test_flip_only_augmentation_mirrors_and_never_shifts():
+    from lenet_export.training.steps import augment_batch
+
+    x = torch.randn(64, 1, 28, 28)
+    y = augment_batch(x, torch.Generator().manual_seed(0), pad=0)
+    same = (y == x).flatten(1).all(1)
+    mirrored = (y == x.flip(3)).flatten(1).all(1)
+    assert bool((same | mirrored).all()) and 0 < int(mirrored.sum()) < 64
+    shifted = augment_batch(x, torch.Generator().manual_seed(0), pad=2)
+    assert not bool(((shifted == x).flatten(1).all(1) | (shifted == x.flip(3)).flatten(1).all(1)).all())
+
+
+def test_benchmark_runs_the_previous_default_beside_the_new_and_says_how_each_trained(fmnist_dir, monkeypatch):
+    from lenet_export import models
+    from lenet_export.training import benchmark, config
+
+    for registry in (models.VARIANTS, config.RECIPES):  # registered for this test only
+        monkeypatch.setitem(registry, "previous-lenet-modern", None)
+    name = benchmark.previous_variant("fashion-mnist")
+    prev = benchmark.ours("fashion-mnist", name, fmnist_dir, 0.935, epochs=1, train_limit=500)
+    new = benchmark.ours("fashion-mnist", "lenet-modern", fmnist_dir, 0.935, epochs=1, train_limit=500)
+    assert prev["num_parameters"] == 220_330 and new["num_parameters"] == 160_858
+    rows = benchmark.table({"modern": {"previous": prev, "default": new}}).splitlines()
+    assert "no augmentation, label smoothing 0.1, fp32" in rows[2]
+    assert f"1 epochs, batch 128, adamw 0.004, flips, label smoothing 0.1, {new['recipe']['precision']}" in rows[3]

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, replace
 
 from lenet_export.data import dataset_info
 from lenet_export.errors import ConfigError
+from lenet_export.machine import this_machine
 from lenet_export.models import DEFAULT_MODEL, get_variant
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -15,26 +16,42 @@ SEED_MAX = 2**64 - 1  # torch.manual_seed and torch.Generator.manual_seed take 0
 
 # Recipes per model. The classic networks keep their architecture but train with a larger batch and a
 # one-cycle Adam schedule (the tutorial's Adam 1e-3 / batch 64 / 25 epochs is what the benchmark compares
-# against). The modern ones were chosen on the validation split on 2 CPU cores (README, "Speed"): label
-# smoothing 0.1 helped both; flip-and-translate augmentation helped CIFAR-10 and cost Fashion-MNIST
-# 0.5-1 point at this number of epochs. The CIFAR-10 model's test-time flip (models.py) adds 0.7 points.
-_CLASSIC = dict(batch_size=256, lr=1e-2, optimizer="adam", schedule="onecycle", augment=False, label_smoothing=0.0)
+# against), in float32. The modern ones were chosen on the validation split on 2 CPU cores (README, "Speed"):
+# label smoothing 0.1 helped both; translation by up to 2 pixels helped CIFAR-10 and cost Fashion-MNIST
+# 0.5-1 point; mirror images in training with the models' test-time flip (models.py) helped both once bfloat16
+# arithmetic (where the CPU has it) made room for more epochs.
+_CLASSIC = dict(batch_size=256, lr=1e-2, optimizer="adam", schedule="onecycle", augment=False, translate=2,
+                label_smoothing=0.0, precision="fp32")
+_MODERN = dict(batch_size=128, lr=4e-3, optimizer="adamw", schedule="onecycle", augment=True, label_smoothing=0.1,
+               precision="auto")
 RECIPES = {
     "lenet-classic": dict(_CLASSIC, epochs=10),
     "lenet5": dict(_CLASSIC, epochs=10),
     "lenet-cifar": dict(_CLASSIC, epochs=15, batch_size=128, lr=3e-3, augment=True),
-    "lenet-modern": dict(epochs=5, batch_size=128, lr=4e-3, optimizer="adamw", schedule="onecycle", augment=False,
-                         label_smoothing=0.1),
-    "lenet-modern-cifar": dict(epochs=11, batch_size=128, lr=4e-3, optimizer="adamw", schedule="onecycle",
-                               augment=True, label_smoothing=0.1),
+    "lenet-modern": dict(_MODERN, epochs=16, translate=0),
+    "lenet-modern-cifar": dict(_MODERN, epochs=20, translate=2),
 }
+PRECISIONS = ("auto", "fp32", "bf16")
 
 # Keys that define a run: resuming with a different value would not continue the same run.
-RUN_KEYS = ("dataset", "model", "batch_size", "lr", "optimizer", "schedule", "augment", "weight_decay",
-            "label_smoothing", "seed", "val_fraction", "train_limit")
+RUN_KEYS = ("dataset", "model", "batch_size", "lr", "optimizer", "schedule", "augment", "translate",
+            "weight_decay", "label_smoothing", "precision", "seed", "val_fraction", "train_limit")
 # Keys that describe this machine or this invocation, not the model and its training: never recorded in
 # checkpoints, so the same run gives the same bytes in any folder, resumed or not.
 MACHINE_KEYS = ("data_dir", "out", "resume", "force", "device")
+
+
+def resolve_precision(precision: str | None, device: str) -> str | None:
+    """``auto``: bfloat16 autocast on a CPU with AMX (2.4x the float32 training steps of lenet-modern there,
+    README "Speed"), else float32, and float32 on CUDA (not measured). Recorded resolved: a checkpoint says
+    what ran."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return "fp32"
+    return "bf16" if "amx_bf16" in this_machine().features else "fp32"
 
 
 @dataclass
@@ -46,7 +63,9 @@ class TrainConfig:
     lr: float | None = None
     optimizer: str | None = None
     schedule: str | None = None
-    augment: bool | None = None
+    augment: bool | None = None  # mirror images (and translate) in training
+    translate: int | None = None  # with augment: random shifts by up to this many pixels (0: mirror images only)
+    precision: str | None = None  # auto: bfloat16 autocast on a CPU with bfloat16 instructions, else fp32
     weight_decay: float = 5e-4
     label_smoothing: float | None = None  # None: the model's recipe
     seed: int | None = None  # None: 0
@@ -75,6 +94,7 @@ class TrainConfig:
         for k, v in RECIPES[model].items():
             if getattr(cfg, k) is None:
                 setattr(cfg, k, v)
+        cfg.precision = resolve_precision(cfg.precision, cfg.device)
         cfg.validate()
         return cfg
 
@@ -98,6 +118,10 @@ class TrainConfig:
             raise ConfigError(f"--time-budget must be a positive number of seconds, got {self.time_budget}")
         if self.train_limit is not None and self.train_limit <= 0:
             raise ConfigError(f"--train-limit must be positive, got {self.train_limit}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not (isinstance(self.translate, int) and 0 <= self.translate <= 8):
+            raise ConfigError(f"translate must be 0 to 8 pixels, got {self.translate}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"unknown device {self.device!r}; choose one of: auto, cpu, cuda")
 

@@ -61,6 +61,8 @@ def augment_batch(x: torch.Tensor, g: torch.Generator, pad: int = 2) -> torch.Te
     n, c, h, w = x.shape
     flip = torch.rand(n, generator=g) < 0.5
     x = torch.where(flip.view(n, 1, 1, 1).to(x.device), x.flip(3), x)
+    if pad == 0:
+        return x
     xp = F.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
@@ -150,9 +152,10 @@ def train_epoch(cfg: TrainConfig, model, opt, sched, data: RunData, epoch: int, 
         idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
         x, y = xtr[idx], ytr[idx]
         if cfg.augment:
-            x = augment_batch(x, g)
-        logits = model(x.contiguous(memory_format=torch.channels_last))
-        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            x = augment_batch(x, g, pad=cfg.translate)
+        with torch.autocast(xtr.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            logits = model(x.contiguous(memory_format=torch.channels_last))
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -253,7 +253,8 @@ def header_line(meta: dict, epochs: int, device: str) -> str:
     cfg, split = meta["config"], meta["split"]
     return (f"training {meta['model']} ({meta['num_parameters']:,} parameters) on {meta['dataset']} "
             f"[{meta['data_source']}]: {split['n_train']} train / {split['n_val']} val, device {device}, "
-            f"{cfg['optimizer']} lr {cfg['lr']} batch {cfg['batch_size']}, {epochs} epoch{'' if epochs == 1 else 's'}")
+            f"{cfg['optimizer']} lr {cfg['lr']} batch {cfg['batch_size']}, {epochs} epoch{'' if epochs == 1 else 's'}, "
+            f"{'bfloat16 autocast' if cfg.get('precision') == 'bf16' else 'float32'}")
 
 
 def epoch_line(row: dict, epochs: int) -> str:
