@@ -198,11 +198,12 @@ def test_load_checkpoint_rejects_a_wrong_architecture(fmnist_run, tmp_path):
 
 @pytest.mark.slow
 def test_default_recipes_reach_their_targets(tmp_path, fmnist_dir, cifar_dir):
-    """The full default recipes (about 1 and 3 minutes on 2 cores): accuracy targets of the README."""
+    """The full default recipes (2 and 3 minutes on 2 cores with AMX, twice that without): the README's accuracy
+    targets, less a margin for another CPU's arithmetic (float32 where there is no AMX)."""
     m = train(TrainConfig(dataset="fashion-mnist", data_dir=str(fmnist_dir), out=str(tmp_path / "f")), log=lambda _: None)
-    assert m["test_acc"] >= 0.92, m["test_acc"]
+    assert m["test_acc"] >= 0.933, m["test_acc"]
     m = train(TrainConfig(dataset="cifar10", data_dir=str(cifar_dir), out=str(tmp_path / "c")), log=lambda _: None)
-    assert m["test_acc"] >= 0.78, m["test_acc"]  # on the JPEG copy
+    assert m["test_acc"] >= 0.80, m["test_acc"]  # on the JPEG copy
 
 
 @pytest.mark.parametrize("limit", [100, 600, 1500])

@@ -73,8 +73,11 @@ def augment_batch(x: torch.Tensor, g: torch.Generator, pad: int = 2) -> torch.Te
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float, torch.Tensor]:
-    """Mean loss, accuracy and predictions of ``model`` on normalised ``x``."""
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy and predictions of ``model`` on normalised ``x``.
+
+    Batches of 256, not 1000: a validation pass of either default model took 0.65-0.7 s instead of 1.4-1.7 s
+    (measured side by side, Intel Xeon, 2026-12-01), 10% of a training epoch."""
     model.eval()
     loss_sum, preds = 0.0, []
     for i in range(0, len(x), batch_size):
