@@ -28,8 +28,8 @@ RECIPES = {
     "lenet-classic": dict(_CLASSIC, epochs=10),
     "lenet5": dict(_CLASSIC, epochs=10),
     "lenet-cifar": dict(_CLASSIC, epochs=15, batch_size=128, lr=3e-3, augment=True),
-    "lenet-modern": dict(_MODERN, epochs=16, translate=0),
-    "lenet-modern-cifar": dict(_MODERN, epochs=20, translate=2),
+    "lenet-modern": dict(_MODERN, epochs=14, translate=0),
+    "lenet-modern-cifar": dict(_MODERN, epochs=18, translate=2),
 }
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -42,8 +42,8 @@ MACHINE_KEYS = ("data_dir", "out", "resume", "force", "device")
 
 
 def resolve_precision(precision: str | None, device: str) -> str | None:
-    """``auto``: bfloat16 autocast on a CPU with AMX (2.4x the float32 training steps of lenet-modern there,
-    README "Speed"), else float32, and float32 on CUDA (not measured). Recorded resolved: a checkpoint says
+    """``auto``: bfloat16 autocast on a CPU with AMX (1.6x the float32 training steps of lenet-modern there,
+    README "train"), else float32, and float32 on CUDA (not measured). Recorded resolved: a checkpoint says
     what ran."""
     if precision != "auto":
         return precision
