@@ -123,6 +123,22 @@ def test_resume_extends_a_finished_run(tmp_path, fmnist_dir):
     assert [h["epoch"] for h in json.loads((tmp_path / "r" / "history.json").read_text())] == [1, 2]
 
 
+def test_resume_of_a_state_from_before_precision_continues_in_float32(tmp_path, fmnist_dir, monkeypatch):
+    from lenet_export.machine import Machine
+    from lenet_export.training import config as C
+
+    # a CPU where auto would pick bfloat16, so that the test fails on any machine if resume fell back to auto
+    monkeypatch.setattr(C, "this_machine", lambda: Machine("cpu", "x86_64", ["amx_bf16"], 2))
+    train(small_cfg(tmp_path / "r", fmnist_dir, epochs=1, model="lenet-modern", train_limit=512, precision="fp32"),
+          log=lambda _: None)
+    state = load_checkpoint(tmp_path / "r" / "last.pth")
+    for key in ("precision", "translate"):  # as written before these keys existed
+        del state["config"][key]
+    save_checkpoint(state, tmp_path / "r" / "last.pth")
+    train(TrainConfig(out=str(tmp_path / "r"), resume=True, epochs=2, data_dir=str(fmnist_dir)), log=lambda _: None)
+    assert load_checkpoint(tmp_path / "r" / "last.pth")["config"]["precision"] == "fp32"  # not auto's bf16
+
+
 def test_crash_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch, fmnist_dir):
     train(small_cfg(tmp_path / "r", fmnist_dir, epochs=1), log=lambda _: None)
     good = (tmp_path / "r" / "best.pth").read_bytes()

@@ -32,6 +32,8 @@ RECIPES = {
     "lenet-modern-cifar": dict(_MODERN, epochs=18, translate=2),
 }
 PRECISIONS = ("auto", "fp32", "bf16")
+# What a training state written before `precision` and `translate` existed ran with (resume keeps it).
+LEGACY_RUN = {"precision": "fp32", "translate": 2}
 
 # Keys that define a run: resuming with a different value would not continue the same run.
 RUN_KEYS = ("dataset", "model", "batch_size", "lr", "optimizer", "schedule", "augment", "translate",

@@ -31,7 +31,7 @@ from lenet_export.errors import CheckpointError, ConfigError
 from lenet_export.fsutil import atomic_write_json, atomic_write_text, locked, remove_temporaries, write_errors
 from lenet_export.models import build_model, count_parameters, get_variant
 
-from .config import RECIPES, RUN_KEYS, TrainConfig  # noqa: F401  (RECIPES, TrainConfig: public here too)
+from .config import LEGACY_RUN, RECIPES, RUN_KEYS, TrainConfig  # noqa: F401  (RECIPES, TrainConfig: public here too)
 from .steps import (EpochResult, RunData, evaluate, load_run_data, make_optimizer, make_scheduler, pick_device,
                     seed_everything, train_epoch)
 
@@ -111,7 +111,8 @@ class Trainer:
         if missing or not isinstance(state["config"], dict):
             raise CheckpointError(f"{last} is not a resumable training state (no {', '.join(missing) or 'config'})")
         known = {f.name for f in fields(TrainConfig)}
-        saved = TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
+        # a state written before these keys existed trained in float32 with 2-pixel translations
+        saved = TrainConfig(**{**LEGACY_RUN, **{k: v for k, v in state["config"].items() if k in known}})
         try:  # the folder's run.json says which run it holds: a last.pth copied from another run is not it
             recorded = json.loads((self.out / "run.json").read_text())
         except (OSError, ValueError):
