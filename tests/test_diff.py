@@ -24,7 +24,7 @@ from lenet_export.layermap import layer_map
 SAMPLES = 64
 # The stages of each model: every layer with weights, named as in the state dict.
 STAGES = {
-    "lenet-modern": ["features.0", "features.4", "classifier.1", "classifier.3"],
+    "lenet-modern": ["features.0", "features.4", "features.8", "classifier.1", "classifier.3"],
     "lenet-modern-cifar": ["features.0", "features.4", "features.8", "features.12", "classifier.1"],
     "lenet-classic": ["features.0", "features.3", "classifier.1", "classifier.3", "classifier.5"],
 }
@@ -79,9 +79,10 @@ def _diff(backend, folder, setup):
 def test_layer_map_recorded_at_export(setups):
     folder, meta, *_ = setups("lenet-modern")
     assert meta["layer_map"] == layer_map(onnx.load(folder / "model.onnx"))
-    # batch norm is folded into the conv: the Conv node is the batch norm's output, the conv has no tensor
-    assert "features.1" in meta["layer_map"] and "features.0" not in meta["layer_map"]
-    assert meta["layer_map"]["classifier.3"] == "logits"
+    # test-time flip: both passes share the weights, so the exporter keeps batch norm apart from the conv and
+    # every stage has a tensor of its own (the mirror pass's, the later one); the logits are the mean's
+    assert {"features.0", "features.1", "features.4", "features.8", "classifier.3"} <= set(meta["layer_map"])
+    assert meta["layer_map"]["classifier.3"] != "logits"
     assert list(meta["raw_layer_map"])[0] == "input" and "features.5" in meta["raw_layer_map"]
 
 
@@ -119,7 +120,7 @@ def test_raw_model_normalisation_and_stage(setups, tmp_path):
     clean = _diff("ort-cpu-raw", setup[0], setup)
     assert clean.layers[0].layer == "input" and clean.first_divergent_layer is None
     bad = _perturbed_copy(setup[0], tmp_path, "model.raw.onnx", "model.features.4.weight")
-    assert _diff("ort-cpu-raw", bad, setup).first_divergent_modules == ["features.4", "features.5"]
+    assert _diff("ort-cpu-raw", bad, setup).first_divergent_modules == ["features.4"]
     bad = _perturbed_copy(setup[0], tmp_path, "model.raw.onnx", "mean")  # the uint8 -> float prefix
     assert _diff("ort-cpu-raw", bad, setup).first_divergent_layer == "input"
 
@@ -155,10 +156,10 @@ def test_cli_table_json_and_exit_code(exports, runs, fmnist_dir, tmp_path):
     r = run_cli("diff", "--exported", bad, "--backend", "ort-cpu", "--data-dir", fmnist_dir, "--samples", 16,
                 "--json", tmp_path / "d.json")
     assert r.exit_code == 1, r.output
-    assert "ort-cpu first diverges at features.4+features.5 (tensor getitem_3" in r.stdout
+    assert "ort-cpu first diverges at features.4 (tensor conv2d_4" in r.stdout
     assert "SQNR" in r.stdout and "<- first" in r.stdout
     d = json.loads((tmp_path / "d.json").read_text())
-    assert d["first_divergent_layer"] == "features.5" and d["samples"] == 16
+    assert d["first_divergent_layer"] == "features.4" and d["samples"] == 16
     assert {"layer", "tensor", "max_abs", "mean_abs", "rel_l2", "sqnr_db", "within_tolerance"} <= set(d["layers"][0])
     ok = run_cli("diff", "--exported", exports("fashion-mnist"), "--checkpoint", runs("fashion-mnist") / "best.pth",
                  "--backend", "ort-cpu", "--data-dir", fmnist_dir, "--samples", 8)
@@ -179,9 +180,9 @@ def test_verify_names_first_diverging_layer(exports, runs, fmnist_dir, tmp_path)
     r = run_cli("verify", "--exported", bad, "--data-dir", fmnist_dir, "--backends", "ort-cpu,torchscript-cpu",
                 "--report", tmp_path / "r.json")
     assert r.exit_code == 1, r.output
-    assert "ort-cpu first diverges at features.4+features.5 (tensor getitem_3: max |Δ|" in r.stdout
+    assert "ort-cpu first diverges at features.4 (tensor conv2d_4: max |Δ|" in r.stdout
     rep = json.loads((tmp_path / "r.json").read_text())
-    assert rep["backends"]["ort-cpu"]["layer_diff"]["first_divergent_layer"] == "features.5"
+    assert rep["backends"]["ort-cpu"]["layer_diff"]["first_divergent_layer"] == "features.4"
     assert rep["backends"]["torchscript-cpu"]["layer_diff"] is None  # passed: not localised
 
 

@@ -39,9 +39,11 @@ def _write_folder(root, fmnist_dir, indices):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, fmnist_dir):
-    """The first 40 test samples, and every sample where the shipped record's INT8 model flips class."""
+    """The first 40 test samples, and every sample where the shipped record's INT8 model flips a right class to a
+    wrong one (a flip that costs accuracy: on those, INT8 is over its budget whichever way the others went)."""
     rec = _record()
-    flips = np.flatnonzero(rec.classes["ort-cpu-int8"] != rec.classes["torch-cpu"])
+    flips = np.flatnonzero((rec.classes["ort-cpu-int8"] != rec.classes["torch-cpu"])
+                           & (rec.classes["torch-cpu"] == rec.labels))
     root = tmp_path_factory.mktemp("mine") / "images"
     return root, _write_folder(root, fmnist_dir, sorted({*range(40), *flips.tolist()}))
 
@@ -61,7 +63,7 @@ def test_verify_on_a_folder_gives_what_the_record_says_for_those_samples(folder,
 
 
 def test_the_flip_ledger_names_the_files(folder, tmp_path):
-    """The folder holds every sample where the record's INT8 model flips class: INT8 fails its flip budget on
+    """The folder holds every sample where the record's INT8 model flips a right class: INT8 fails its budget on
     it (on any CPU), and the ledger names the files."""
     root, files = folder
     out = tmp_path / "int8.json"

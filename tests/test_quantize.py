@@ -43,13 +43,14 @@ COPIES = {"fashion-mnist": 1, "cifar10": 2}
 
 
 def _int8_sized(e, fp32, meta: dict, artefact: str, dataset: str) -> None:
-    """An INT8 variant is under 0.35x its FP32 artefact per weight copy, unless accuracy control kept layers in
-    float (then the record names them, and they are float-sized)."""
+    """An INT8 variant is under 0.4x its FP32 artefact per weight copy (OpenVINO's INT8 IR of the Fashion-MNIST
+    model: 0.36x), unless accuracy control kept layers in float (then the record names them, and they are
+    float-sized)."""
     control = (meta.get(artefact) or {}).get("accuracy_control") or {}
     if control.get("kept_in_float"):
         assert e.size_bytes < fp32.size_bytes * COPIES[dataset] * 1.1
         return
-    assert e.size_bytes < 0.35 * COPIES[dataset] * fp32.size_bytes, (artefact, e.size_bytes, fp32.size_bytes)
+    assert e.size_bytes < 0.4 * COPIES[dataset] * fp32.size_bytes, (artefact, e.size_bytes, fp32.size_bytes)
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -154,7 +155,8 @@ def test_diff_shows_where_reduced_precision_loses(backend, quantized, runs, fmni
                 "--data-dir", fmnist_dir, "--samples", 32, "--json", tmp_path / "d.json")
     assert r.exit_code == 1, r.output  # reduced precision is beyond the FP32 tolerance somewhere, by design
     layers = json.loads((tmp_path / "d.json").read_text())["layers"]
-    assert len(layers) >= 5 and layers[-1]["layer"].endswith("classifier.3")
+    assert len(layers) >= 5 and layers[-1]["layer"] == "output"  # test-time flip: the mean has its own row
+    assert any(layer["layer"].endswith("classifier.3") for layer in layers)
     sqnr = [layer["sqnr_db"] for layer in layers if layer["layer"] != "input"]
     # a real comparison at every point: INT8 keeps roughly 25-45 dB, FP16 far more; never noise (< 10 dB)
     assert min(sqnr) > (20 if backend.endswith("int8") else 50), layers
@@ -275,19 +277,19 @@ def test_int8_sessions_keep_each_pool_beside_its_convolution(dataset, tmp_path, 
     propagated = int8_plain_pools(onnx.load(str(tmp_path / "optimised.onnx")).graph)
     monkeypatch.undo()
     off = int8_plain_pools(graph)
-    # what turning the pass off is for: with it, Fashion-MNIST's first pool reads int8 data; without it, none does
-    assert set(off) <= set(propagated) and (dataset != "fashion-mnist" or (propagated and not off)), (off, propagated)
-    # CIFAR-10 keeps one either way: after the image pass's first convolution, which ORT runs in float (its
-    # quantised input also feeds the mirror image's Slice); never one after an INT8 or a blocked convolution
+    # turning the pass off never adds an int8 pool (on the models without test-time flip shipped before
+    # 2026-12-01 it removed Fashion-MNIST's only one). Both models now keep one either way: after the image pass's
+    # first convolution, which ORT runs in float (its quantised input also feeds the mirror image's Slice); never
+    # one after an INT8 or a blocked convolution
+    assert set(off) <= set(propagated), (off, propagated)
     assert all(source == ("", "Conv") for _, source in off), off
     plain = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     c, h, w = [d for d in plain.get_inputs()[0].shape[1:]]
     x = np.random.default_rng(0).normal(size=(64, c, h, w)).astype(np.float32)
     off, on = sess.run(None, {"input": x})[0], plain.run(None, {"input": x})[0]
-    if dataset == "fashion-mnist":
-        np.testing.assert_array_equal(off, on)
-    else:  # with the mirror pass, propagation also moves rounding: a step or two of the logits' quantisation
-        # (one on the AMD machine, two with an Intel machine's VNNI kernels), on few of the logits
-        step = next(numpy_helper.to_array(t) for t in onnx.load(str(model)).graph.initializer if t.name == "logits_scale")
-        moved = np.abs(off - on)
-        assert 0 < moved.max() <= 2 * step * 1.001 and (moved > 0).mean() < 0.5, (moved.max() / step, (moved > 0).mean())
+    # with the mirror pass, propagation may also move rounding: at most a step or two of the logits' quantisation
+    # (one on the AMD machine, two with an Intel machine's VNNI kernels, none on the models of 2026-12-01 there),
+    # on few of the logits
+    step = next(numpy_helper.to_array(t) for t in onnx.load(str(model)).graph.initializer if t.name == "logits_scale")
+    moved = np.abs(off - on)
+    assert moved.max() <= 2 * step * 1.001 and (moved > 0).mean() < 0.5, (moved.max() / step, (moved > 0).mean())

@@ -48,24 +48,31 @@ def test_a_wrong_verify_figure_is_named(tmp_path):
 
 def test_a_replay_of_an_earlier_record_is_stale(tmp_path, monkeypatch):
     """docs/replay/ holds replays made on another CPU: when the shipped record they replayed changes (the models
-    were re-shipped), the check names the report instead of showing another model's figures."""
+    were re-shipped), the check names the report instead of showing another model's figures; with none, the
+    README block says so."""
+    import hashlib
     import json
     import shutil
 
     sys.path.insert(0, str(REPO / "scripts"))
     import figures_reports as rf
 
-    assert rf.stale_replays() == [] and list((REPO / "docs" / "replay").glob("*.json"))
+    assert rf.stale_replays() == []
     root = tmp_path / "repo"
-    (root / "docs").mkdir(parents=True)
-    shutil.copytree(REPO / "docs" / "replay", root / "docs" / "replay")
+    (root / "docs" / "replay").mkdir(parents=True)
     shutil.copytree(REPO / "exported", root / "exported", ignore=shutil.ignore_patterns("*.bin", "*.pt*", "*.onnx",
                                                                                          "*.tflite", "*.npz"))
+    monkeypatch.setattr(rf, "REPO", root)
+    monkeypatch.setattr(rf, "FMNIST", root / "exported" / "fashion-mnist-lenet-modern")
+    assert rf.replay_other_cpu_block().startswith("No replay of the shipped records on another CPU yet")
     record = root / "exported" / "fashion-mnist-lenet-modern" / "verify.json"
+    replay = {"record": "exported/fashion-mnist-lenet-modern/verify.json",  # the fields stale_replays reads
+              "record_sha256": hashlib.sha256(record.read_bytes()).hexdigest()}
+    (root / "docs" / "replay" / "m-other-cpu.json").write_text(json.dumps(replay))
+    assert rf.stale_replays() == []
     rep = json.loads(record.read_text())
     rep["backends"]["ort-cpu-int8"]["accuracy"] = 0.5
     record.write_text(json.dumps(rep))
-    monkeypatch.setattr(rf, "REPO", root)
     stale = rf.stale_replays()
     assert len(stale) == 1 and "replayed another exported/fashion-mnist-lenet-modern/verify.json" in stale[0], stale
 

@@ -158,13 +158,16 @@ def _logged(folder, x) -> dict[str, np.ndarray]:
         program.write_etdump_result_to_file(str(folder / "run.etdp"), str(folder / "run.bin"))
         inspector = Inspector(etdump_path=str(folder / "run.etdp"), etrecord=str(folder / "twin.etrecord"),
                               debug_buffer_path=str(folder / "run.bin"))
-    out = {}
+    out, mirror = {}, {}
     for event in inspector.event_blocks[-1].events:
         stack = next(iter((event.module_hierarchy or {}).values()), None)
         module = list(stack.values())[-1][0] if stack else ""  # "" : the model itself (the input's quantize)
         if module and event.debug_data and event.debug_data[0].is_floating_point():  # INT8: the dequantised value
-            out[module] = event.debug_data[0].numpy().copy()
-    return out
+            (mirror if module.startswith("mirror.") else out)[module.removeprefix("mirror.")] = \
+                event.debug_data[0].numpy().copy()
+    # the INT8 twin of a test-time flip model runs its mirror pass as ``mirror.*`` (weights of its own), in either
+    # order: each layer's value is the mirror pass's, as the reference's hooks keep the later call's
+    return {m: mirror.get(m, v) for m, v in out.items()}
 
 
 def _probe(artefact: str):
