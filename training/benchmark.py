@@ -50,12 +50,12 @@ PREVIOUS = {
 
 def previous_variant(dataset: str) -> str:
     """Register the previous default of ``dataset`` (model and recipe) under a name of its own; return it."""
-    from lenet_export.training.config import RECIPES
+    from lenet_export.training.config import LEGACY_RUN, RECIPES
 
     name = f"previous-{DEFAULT_MODEL[dataset]}"
     args, recipe = PREVIOUS[dataset]
     VARIANTS[name] = Variant(name, dataset, args, "the previous default")
-    RECIPES[name] = {"label_smoothing": 0.0, "translate": 2, "precision": "fp32", **recipe}
+    RECIPES[name] = {"label_smoothing": 0.0, **LEGACY_RUN, **recipe}  # they trained as runs before the keys
     return name
 
 

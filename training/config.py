@@ -67,7 +67,7 @@ class TrainConfig:
     schedule: str | None = None
     augment: bool | None = None  # mirror images (and translate) in training
     translate: int | None = None  # with augment: random shifts by up to this many pixels (0: mirror images only)
-    precision: str | None = None  # auto: bfloat16 autocast on a CPU with bfloat16 instructions, else fp32
+    precision: str | None = None  # auto: bfloat16 autocast on a CPU with AMX, else fp32 (resolve_precision)
     weight_decay: float = 5e-4
     label_smoothing: float | None = None  # None: the model's recipe
     seed: int | None = None  # None: 0
