@@ -12,7 +12,11 @@ Classic variants keep their published shapes and activations:
 Modern variants (defaults) keep the conv/pool stages + fc shape but use 3x3 "same" convolutions, batch norm
 and ReLU, and more channels, which train to far higher accuracy in the same wall time. ``flip_tta`` (the
 CIFAR-10 default) makes eval mode return the mean of the logits of the image and of its mirror image: the
-exported graphs hold both passes, so every runtime proves the same averaged logits.
+exported graphs hold both passes, so every runtime proves the same averaged logits. ``pool_first`` (the
+Fashion-MNIST default) pools each conv's output before batch norm and ReLU, LeNet-5's own order (subsampling,
+then the squashing function): normalisation and activation run on a quarter of the values, and a bfloat16
+training step of ``lenet-modern`` ran 1.5x faster than in the conv -> bn -> ReLU -> pool order (side by side,
+Intel Xeon with AMX, 2026-12-01; README, "Speed").
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 
 class LeNet(nn.Module):
-    """Conv blocks (conv [-> bn] -> act -> pool) then fully connected layers (fc -> act) -> classifier."""
+    """Conv blocks (conv [-> bn] -> act -> pool, or with ``pool_first`` conv -> pool [-> bn] -> act) then fully
+    connected layers (fc -> act) -> classifier."""
 
     def __init__(
         self,
@@ -45,6 +50,7 @@ class LeNet(nn.Module):
         batch_norm: bool = False,
         dropout: float = 0.0,
         flip_tta: bool = False,
+        pool_first: bool = False,
     ):
         super().__init__()
         if activation not in ACTIVATIONS or pool not in POOLS:
@@ -56,10 +62,10 @@ class LeNet(nn.Module):
             raise ConfigError(f"padding {padding} does not give one value per conv stage {channels}")
         c, size = in_channels, image_size
         for out, pad in zip(channels, pads):
-            layers.append(nn.Conv2d(c, out, kernel_size, padding=pad, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(out))
-            layers += [act(), POOLS[pool](2)]
+            block = [nn.BatchNorm2d(out)] if batch_norm else []
+            block.append(act())
+            block = [POOLS[pool](2), *block] if pool_first else [*block, POOLS[pool](2)]
+            layers += [nn.Conv2d(c, out, kernel_size, padding=pad, bias=not batch_norm), *block]
             c, size = out, (size + 2 * pad - kernel_size + 1) // 2
         if size < 1:
             raise ConfigError(f"input of {image_size}x{image_size} is too small for {len(channels)} conv stages")
@@ -107,10 +113,11 @@ VARIANTS = {
         Variant("lenet-cifar", "cifar10", {**_RGB, "channels": [16, 32], "kernel_size": 5, "padding": 0,
                 "fc": [120, 84], "activation": "relu", "pool": "max"},
                 "CIFAR-10 LeNet: 3->16->32 channels, ReLU, max pooling, 121,182 parameters"),
-        Variant("lenet-modern", "fashion-mnist", {**_GREY, "channels": [16, 48, 96], "kernel_size": 3,
-                "padding": 1, "fc": [128], "activation": "relu", "pool": "max", "batch_norm": True, "flip_tta": True},
-                "modern LeNet for 28x28 grey: three 3x3 conv stages, batch norm, ReLU, the mean over the image and "
-                "its mirror image (default for fashion-mnist)"),
+        Variant("lenet-modern", "fashion-mnist", {**_GREY, "channels": [16, 64, 128], "kernel_size": 3,
+                "padding": 1, "fc": [128], "activation": "relu", "pool": "max", "batch_norm": True,
+                "pool_first": True, "flip_tta": True},
+                "modern LeNet for 28x28 grey: three 3x3 conv stages, each pooled before batch norm and ReLU, the "
+                "mean over the image and its mirror image (default for fashion-mnist)"),
         Variant("lenet-modern-cifar", "cifar10", {**_RGB, "channels": [16, 32, 64, 128], "kernel_size": 3,
                 "padding": 1, "fc": [], "activation": "relu", "pool": "max", "batch_norm": True, "flip_tta": True},
                 "modern LeNet for 32x32 RGB: four 3x3 conv stages, batch norm, ReLU, the mean over the image "

@@ -6,7 +6,7 @@ from lenet_export.models import VARIANTS, build_model, count_parameters, get_var
 
 # Pinned: the classic counts come from their published architectures.
 EXPECTED = {"lenet-classic": 44_426, "lenet5": 61_706, "lenet-cifar": 121_182,
-            "lenet-modern": 160_858, "lenet-modern-cifar": 102_810}
+            "lenet-modern": 232_378, "lenet-modern-cifar": 102_810}
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
@@ -60,3 +60,30 @@ def test_flip_tta_averages_the_mirror_image_in_eval_mode_only():
         assert torch.allclose(model(x), want, atol=1e-6)
         assert not torch.allclose(plain(x), want, atol=1e-3)  # the mirror image changes the logits
         assert torch.allclose(model(x.flip(3)), model(x), atol=1e-5)  # and the result is mirror-invariant
+
+
+def test_pool_first_pools_before_batch_norm_and_activation():
+    args = dict(VARIANTS["lenet-modern"].args)
+    assert args["pool_first"]
+    kinds = [type(m).__name__ for m in build_model(args).features]
+    assert kinds[:4] == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"] and len(kinds) == 12
+    kinds = [type(m).__name__ for m in build_model({**args, "pool_first": False}).features]
+    assert kinds[:4] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"]
+
+
+def test_pool_first_is_the_same_function_without_batch_norm_only():
+    """Max pooling commutes with a monotonic activation, not with a batch norm of negative scale: the order
+    makes a different model only with batch norm."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 28, 28)
+    for bn, same in ((False, True), (True, False)):
+        args = {**VARIANTS["lenet-modern"].args, "batch_norm": bn, "flip_tta": False}
+        a, b = build_model({**args, "pool_first": True}).eval(), build_model({**args, "pool_first": False}).eval()
+        for m in a.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):  # scales of either sign, as training leaves them
+                torch.nn.init.uniform_(m.weight, -1, 1)
+        weighted = [m for m in a.modules() if list(m.parameters(recurse=False))]
+        for src, dst in zip(weighted, [m for m in b.modules() if list(m.parameters(recurse=False))]):
+            dst.load_state_dict(src.state_dict())  # the same layers, at other positions in `features`
+        with torch.no_grad():
+            assert torch.allclose(a(x), b(x), atol=1e-5) == same

@@ -19,7 +19,8 @@ SEED_MAX = 2**64 - 1  # torch.manual_seed and torch.Generator.manual_seed take 0
 # against), in float32. The modern ones were chosen on the validation split on 2 CPU cores (README, "Speed"):
 # label smoothing 0.1 helped both; translation by up to 2 pixels helped CIFAR-10 and cost Fashion-MNIST
 # 0.5-1 point; mirror images in training with the models' test-time flip (models.py) helped both once bfloat16
-# arithmetic (where the CPU has it) made room for more epochs.
+# arithmetic (where the CPU has it) made room for more epochs; pooling before batch norm and ReLU (models.py,
+# ``pool_first``) made a training step 1.5x faster again, which paid for wider convolutions (16-64-128).
 _CLASSIC = dict(batch_size=256, lr=1e-2, optimizer="adam", schedule="onecycle", augment=False, translate=2,
                 label_smoothing=0.0, precision="fp32")
 _MODERN = dict(batch_size=128, lr=4e-3, optimizer="adamw", schedule="onecycle", augment=True, label_smoothing=0.1,
@@ -28,7 +29,7 @@ RECIPES = {
     "lenet-classic": dict(_CLASSIC, epochs=10),
     "lenet5": dict(_CLASSIC, epochs=10),
     "lenet-cifar": dict(_CLASSIC, epochs=15, batch_size=128, lr=3e-3, augment=True),
-    "lenet-modern": dict(_MODERN, epochs=14, translate=0),
+    "lenet-modern": dict(_MODERN, epochs=16, lr=6e-3, translate=0),
     "lenet-modern-cifar": dict(_MODERN, epochs=18, translate=2),
 }
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -32,7 +32,10 @@ FP16_TAG = 0x01306B47  # the 4-byte tag before an FP16 weight blob in a .bin (nc
 TAG_BYTES = {0x00000000: lambda n: 4 * n, 0x0002C056: lambda n: 4 * n, FP16_TAG: lambda n: (2 * n + 3) // 4 * 4,
              0x000D4B38: lambda n: (n + 3) // 4 * 4}  # fp32, fp32 raw, fp16, int8 -> bytes of n weights
 WEIGHTED = {"Convolution": (6, 5, 0), "ConvolutionDepthWise": (6, 5, 0), "InnerProduct": (2, 1, 0)}
-# layer type -> param ids of (weight count, bias flag, outputs); other layers of these models hold no weights
+# layer type -> param ids of (weight count, bias flag, outputs)
+UNTAGGED = {"BatchNorm": (0, 4)}  # layer type -> (param id of the channel count, raw float32 arrays of that size):
+# ncnn's BatchNorm loads slope, mean, variance and bias untagged (a batch norm after pooling, which no
+# convolution absorbs); other layers of these models hold no weights
 CONVERT_TIMEOUT = 300
 
 
@@ -56,9 +59,12 @@ def fp16_blobs(param: Path, weights: Path) -> list[str]:
     data, at, fp16 = Path(weights).read_bytes(), 0, []
     for line in filter(str.strip, lines[2:]):
         kind, name, n_in, n_out, *rest = line.split()
+        p = dict(t.split("=", 1) for t in rest[int(n_in) + int(n_out):])
+        if kind in UNTAGGED:
+            count_id, arrays = UNTAGGED[kind]
+            at += 4 * arrays * int(p[str(count_id)])
         if kind not in WEIGHTED:
             continue
-        p = dict(t.split("=", 1) for t in rest[int(n_in) + int(n_out):])
         count_id, bias_id, out_id = WEIGHTED[kind]
         (tag,) = struct.unpack_from("<I", data, at)
         if tag not in TAG_BYTES:
