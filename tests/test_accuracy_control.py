@@ -12,10 +12,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO, run_cli
 from lenet_export.accuracy_control import keep_sensitive_in_float
 from lenet_export.checkpoint import load_checkpoint, save_checkpoint
+from lenet_export.models import build_model
 from lenet_export.quantize import QuantizeOptions, quantize
 from lenet_export.verify import VerifyOptions, verify
 
@@ -39,8 +41,10 @@ def outlier(tmp_path_factory, fmnist_dir):
     root = tmp_path_factory.mktemp("outlier")
     ck = load_checkpoint(SHIPPED / "best.pth")
     sd = ck["state_dict"]
-    sd["features.5.weight"][CHANNEL] *= SCALE
-    sd["features.5.bias"][CHANNEL] *= SCALE
+    features = build_model(ck["model_args"]).features
+    bn = next(f"features.{i}" for i in range(5, 8) if isinstance(features[i], torch.nn.BatchNorm2d))  # stage 2's
+    sd[f"{bn}.weight"][CHANNEL] *= SCALE
+    sd[f"{bn}.bias"][CHANNEL] *= SCALE
     sd["features.8.weight"][:, CHANNEL] /= SCALE  # the next conv's weights for that input channel
     save_checkpoint(ck, root / "best.pth")
     r = run_cli("onnx", "--checkpoint", root / "best.pth", "--out", root / "e", "--data-dir", fmnist_dir,
