@@ -202,3 +202,17 @@ def test_attach_never_raises(setups, tmp_path):
 
     attach(Rep, Context(tmp_path, meta, ckpt), Inputs, Tolerance())
     assert res.layer_diff["error"].startswith("diff failed: ")
+
+
+def test_rows_fold_a_batch_norm_into_a_conv_only():
+    """A batch norm with no tensor of its own shares the conv's row before it (folded by the exporter); after
+    pooling nothing absorbs it, so it joins the point after it (the ReLU fused with it), never the pool's."""
+    from lenet_export.diff import _rows
+
+    kinds = {"c": "Conv2d", "bn": "BatchNorm2d", "r": "ReLU", "p": "MaxPool2d"}
+    rows, _ = _rows(["c", "bn", "r", "p"], kinds, {"c": "t1", "r": "t2", "p": "t3"})
+    assert [(r.layer, r.tensor, r.modules) for r in rows] == [("bn", "t1", ["c", "bn"]), ("r", "t2", ["r"]),
+                                                                ("p", "t3", ["p"])]
+    rows, _ = _rows(["c", "p", "bn", "r"], kinds, {"c": "t1", "p": "t2", "r": "t3"})
+    assert [(r.layer, r.tensor, r.modules) for r in rows] == [("c", "t1", ["c"]), ("p", "t2", ["p"]),
+                                                                ("r", "t3", ["bn", "r"])]

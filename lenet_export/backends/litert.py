@@ -54,7 +54,7 @@ def _points(details: list[dict], shapes: dict[str, tuple], order: list[str], gra
             transposed: set[int] = frozenset()):
     """{torch module: (tensor index, layout)} for the tensors whose value is a module's output; the graph's
     output is the model's (``OUTPUT``). A fused tensor (conv + batch norm + ReLU) names every module it covers,
-    ``;;``-separated: it is the output of the last one in execution order. ``layout``: ``nchw`` (as torch),
+    ``;;``-separated: it is the output of the last one in execution order, and the others have none. ``layout``: ``nchw`` (as torch),
     ``nhwc`` (LiteRT's, transposed back), skipped else. A 4-D tensor whose shape reads both ways (16x16x16) is
     LiteRT's NHWC unless a TRANSPOSE made it (``transposed``: the tensors TRANSPOSE ops output)."""
     from ..layermap import INPUT, OUTPUT
@@ -65,6 +65,8 @@ def _points(details: list[dict], shapes: dict[str, tuple], order: list[str], gra
         if not mods or d["index"] in (graph_in, graph_out):
             continue
         mod = max(mods, key=order.index)
+        for fused in set(mods) - {mod}:  # its own tensors so far were pieces of it (a batch norm's SUB and MULs
+            points.pop(fused, None)  # before an ADD that carries the ReLU): it has no output of its own
         shape, want = tuple(d["shape"][1:]), shapes[mod]
         if len(shape) == 3 and (shape[2], shape[0], shape[1]) == want and d["index"] not in transposed:
             points[mod] = (d["index"], "nhwc")
