@@ -54,9 +54,10 @@ def _points(details: list[dict], shapes: dict[str, tuple], order: list[str], gra
             transposed: set[int] = frozenset()):
     """{torch module: (tensor index, layout)} for the tensors whose value is a module's output; the graph's
     output is the model's (``OUTPUT``). A fused tensor (conv + batch norm + ReLU) names every module it covers,
-    ``;;``-separated: it is the output of the last one in execution order, and the others have none. ``layout``: ``nchw`` (as torch),
-    ``nhwc`` (LiteRT's, transposed back), skipped else. A 4-D tensor whose shape reads both ways (16x16x16) is
-    LiteRT's NHWC unless a TRANSPOSE made it (``transposed``: the tensors TRANSPOSE ops output)."""
+    ``;;``-separated: it is the output of the last one in execution order, and the others have none.
+    ``layout``: ``nchw`` (as torch), ``nhwc`` (LiteRT's, transposed back), skipped else. A 4-D tensor whose
+    shape reads both ways (16x16x16) is LiteRT's NHWC unless a TRANSPOSE made it (``transposed``: the tensors
+    TRANSPOSE ops output)."""
     from ..layermap import INPUT, OUTPUT
 
     points = {INPUT: (graph_in, "nchw"), OUTPUT: (graph_out, "nchw")}

@@ -78,8 +78,9 @@ def _rows(order: list[str], kinds: dict[str, str], points: dict[str, str]) -> tu
     """Comparable points in execution order; each covers the torch leaves since the previous point, and the
     model's own output (``OUTPUT``), where a probe has it, comes last."""
     points = dict(points)
-    for prev, leaf in zip(order, order[1:]):  # a batch norm folded into the conv before it (see ``lenet_export.layermap``);
-        # after pooling (``pool_first``) nothing absorbs it: it joins the point after it (a ReLU fused with it)
+    # a batch norm folded into the conv before it (see ``lenet_export.layermap``); after pooling (``pool_first``)
+    # nothing absorbs it: it joins the point after it (a ReLU fused with it)
+    for prev, leaf in zip(order, order[1:]):
         if (kinds[leaf].startswith("BatchNorm") and leaf not in points and prev in points
                 and kinds[prev].startswith(("Conv", "Linear"))):
             points[leaf] = points.pop(prev)
