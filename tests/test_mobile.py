@@ -270,3 +270,31 @@ def test_tflite_metadata_rewrite_replaces_the_entry(fmnist, tmp_path):
     tmp = tmp_path / "rewritten.tflite"
     tmp.write_bytes(twice)
     assert read_tflite_metadata(tmp) == {"classes": ["b"]}
+
+
+@pytest.mark.heavy
+def test_int8_conversion_skips_only_a_no_op_qat_fold():
+    """pt2e_int8 converts without torchao's QAT conv + batch norm folding (post-training quantisation has no
+    such pattern): the converted graph and its logits are those of the full convert_pt2e, and the library's
+    function is put back afterwards."""
+    pytest.importorskip("executorch", reason="executorch is not installed (pip install 'lenet-export[executorch]')")
+    import contextlib
+
+    import torch
+
+    from lenet_export.checkpoint import model_from_checkpoint
+    from lenet_export.formats import executorch as fe
+
+    model = model_from_checkpoint(load_checkpoint(REPO / "exported" / "fashion-mnist-lenet-modern" / "best.pth"))
+    images = np.random.default_rng(0).standard_normal((32, 1, 28, 28)).astype(np.float32)
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    library = quantize_pt2e._fold_conv_bn_qat
+    fast = fe.pt2e_int8(model, (1, 1, 28, 28), images)
+    assert quantize_pt2e._fold_conv_bn_qat is library
+    with pytest.MonkeyPatch.context() as mp:  # the library's own convert, folding included
+        mp.setattr(fe, "_without_qat_folding", contextlib.nullcontext)
+        full = fe.pt2e_int8(model, (1, 1, 28, 28), images)
+    x = torch.from_numpy(images[:8])
+    with torch.no_grad():
+        assert str(fast.graph) == str(full.graph) and torch.equal(fast(x), full(x))

@@ -12,6 +12,8 @@ The metadata is stored in the program itself, as the constant method ``metadata`
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 from pathlib import Path
 
@@ -162,7 +164,27 @@ def pt2e_int8(model, sample_shape, images, keep_in_float: list[str] | tuple[str,
     with torch.no_grad():
         for batch in calibration_batches(images):
             prepared(torch.from_numpy(batch))
-    return convert_pt2e(prepared)
+    with _without_qat_folding():
+        return convert_pt2e(prepared)
+
+
+@contextlib.contextmanager
+def _without_qat_folding():
+    """``convert_pt2e`` without torchao's ``_fold_conv_bn_qat``, which folds the conv + batch norm patterns of
+    *QAT* (prepare_qat_pt2e); this is post-training quantisation, which has none. It returns early only when no
+    batch norm is left, so for a batch norm that no conv absorbs (``pool_first``) it built its 64 match patterns
+    on every call: 16.4 s of a 16.4 s conversion against 1.7 s without it, the converted graph identical and its
+    logits bit-equal (lenet-modern, 2026-12-01). A torchao without the name is left as it is."""
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    original = getattr(quantize_pt2e, "_fold_conv_bn_qat", None)
+    if original is not None:
+        quantize_pt2e._fold_conv_bn_qat = lambda graph_module: graph_module
+    try:
+        yield
+    finally:
+        if original is not None:
+            quantize_pt2e._fold_conv_bn_qat = original
 
 
 def _int8(t: Target) -> dict:
