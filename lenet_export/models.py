@@ -62,10 +62,9 @@ class LeNet(nn.Module):
             raise ConfigError(f"padding {padding} does not give one value per conv stage {channels}")
         c, size = in_channels, image_size
         for out, pad in zip(channels, pads):
-            block = [nn.BatchNorm2d(out)] if batch_norm else []
-            block.append(act())
-            block = [POOLS[pool](2), *block] if pool_first else [*block, POOLS[pool](2)]
-            layers += [nn.Conv2d(c, out, kernel_size, padding=pad, bias=not batch_norm), *block]
+            conv, down = nn.Conv2d(c, out, kernel_size, padding=pad, bias=not batch_norm), POOLS[pool](2)
+            norm_act = [nn.BatchNorm2d(out), act()] if batch_norm else [act()]
+            layers += [conv, down, *norm_act] if pool_first else [conv, *norm_act, down]
             c, size = out, (size + 2 * pad - kernel_size + 1) // 2
         if size < 1:
             raise ConfigError(f"input of {image_size}x{image_size} is too small for {len(channels)} conv stages")

@@ -46,8 +46,8 @@ MACHINE_KEYS = ("data_dir", "out", "resume", "force", "device")
 
 def resolve_precision(precision: str | None, device: str) -> str | None:
     """``auto``: bfloat16 autocast on a CPU with AMX (1.6x the float32 training steps of the 16-48-96
-    lenet-modern there, README "train"), else float32, and float32 on CUDA (not measured). Recorded resolved: a checkpoint says
-    what ran."""
+    lenet-modern there, README "train"), else float32, and float32 on CUDA (not measured). Recorded resolved:
+    a checkpoint says what ran."""
     if precision != "auto":
         return precision
     import torch

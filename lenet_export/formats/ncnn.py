@@ -31,11 +31,12 @@ PARAM_MAGIC = "7767517"
 FP16_TAG = 0x01306B47  # the 4-byte tag before an FP16 weight blob in a .bin (ncnn's ModelBin)
 TAG_BYTES = {0x00000000: lambda n: 4 * n, 0x0002C056: lambda n: 4 * n, FP16_TAG: lambda n: (2 * n + 3) // 4 * 4,
              0x000D4B38: lambda n: (n + 3) // 4 * 4}  # fp32, fp32 raw, fp16, int8 -> bytes of n weights
+# layer type -> param ids of (weight count, bias flag, outputs): a tagged weight blob, then a float32 bias
 WEIGHTED = {"Convolution": (6, 5, 0), "ConvolutionDepthWise": (6, 5, 0), "InnerProduct": (2, 1, 0)}
-# layer type -> param ids of (weight count, bias flag, outputs)
-UNTAGGED = {"BatchNorm": (0, 4)}  # layer type -> (param id of the channel count, raw float32 arrays of that size):
-# ncnn's BatchNorm loads slope, mean, variance and bias untagged (a batch norm after pooling, which no
-# convolution absorbs); other layers of these models hold no weights
+# layer type -> (param id of the channel count, untagged float32 arrays of that many values): ncnn's BatchNorm
+# (slope, mean, variance, bias), written for a batch norm after pooling that no convolution absorbs.
+# Other layers of these models hold no weights.
+UNTAGGED = {"BatchNorm": (0, 4)}
 CONVERT_TIMEOUT = 300
 
 
